@@ -1,0 +1,338 @@
+//! The kernel/user boundary of mesh-agent: map keys, map values, event records and constants.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding (explicit `_pad` fields instead, so
+//! that hash-map keys are fully initialised on both sides) and is shared verbatim by the eBPF
+//! programs (`mesh-ebpf`) and the agent (`mesh-agent`, with the `user` feature).
+//!
+//! Addresses are 16 bytes in network order; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so
+//! that one set of maps serves connect4 and connect6. Ports are host order unless a field says
+//! otherwise.
+#![no_std]
+
+/// Port of the agent's outbound listener in every enrolled network namespace.
+pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+
+/// Map names, shared so that the agent looks up exactly what the programs define.
+pub mod map_names {
+    pub const CONFIG: &str = "MESH_CONFIG";
+    pub const SERVICES: &str = "MESH_SERVICES";
+    pub const WORKLOADS: &str = "MESH_WORKLOADS";
+    pub const LISTENERS: &str = "MESH_LISTENERS";
+    pub const EGRESS_POLICY: &str = "MESH_EGRESS_POLICY";
+    pub const INGRESS_POLICY: &str = "MESH_INGRESS_POLICY";
+    pub const ORIG_DST_BY_COOKIE: &str = "MESH_ORIG_DST_BY_COOKIE";
+    pub const ORIG_DST_BY_CLIENT: &str = "MESH_ORIG_DST_BY_CLIENT";
+    pub const CONNS: &str = "MESH_CONNS";
+    pub const SOCKS: &str = "MESH_SOCKS";
+    pub const EVENTS: &str = "MESH_EVENTS";
+    pub const STATS: &str = "MESH_STATS";
+}
+
+/// Program names (the Rust function names in mesh-ebpf).
+pub mod program_names {
+    pub const CONNECT4: &str = "mesh_connect4";
+    pub const CONNECT6: &str = "mesh_connect6";
+    pub const GETPEERNAME4: &str = "mesh_getpeername4";
+    pub const GETPEERNAME6: &str = "mesh_getpeername6";
+    pub const SOCK_OPS: &str = "mesh_sock_ops";
+    pub const SK_MSG: &str = "mesh_sk_msg";
+    pub const INGRESS: &str = "mesh_ingress";
+}
+
+/// Capacities of the maps; the agent reports usage against these.
+pub mod capacity {
+    pub const SERVICES: u32 = 65_536;
+    pub const WORKLOADS: u32 = 16_384;
+    pub const LISTENERS: u32 = 16_384;
+    pub const POLICY: u32 = 65_536;
+    pub const ORIG_DST: u32 = 262_144;
+    pub const CONNS: u32 = 262_144;
+    pub const SOCKS: u32 = 262_144;
+    pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+}
+
+/// Index of the single entry of the `CONFIG` array.
+pub const CONFIG_INDEX: u32 = 0;
+
+/// Node-wide settings the programs need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// cgroup id of the agent itself: its sockets are never redirected or policed.
+    pub agent_cgroup_id: u64,
+    /// Outbound listener port (host order).
+    pub outbound_port: u16,
+    /// 1 when the sk_msg same-node fast path may redirect.
+    pub fast_path: u8,
+    pub _pad: [u8; 5],
+}
+
+/// A meshed destination: a service VIP or an endpoint address, with a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub ip: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub service_id: u32,
+    pub flags: u32,
+}
+
+/// Set on a workload that has egress rules: connects not allowed by a rule fail with EPERM.
+pub const WORKLOAD_EGRESS_POLICY: u32 = 1;
+/// Set on a workload that has ingress rules: SYNs not allowed by a rule are dropped.
+pub const WORKLOAD_INGRESS_POLICY: u32 = 2;
+
+/// Value of the workload map, keyed by the workload's cgroup id (u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadValue {
+    pub workload_id: u32,
+    pub flags: u32,
+}
+
+/// Data part of the LPM-trie key of both policy maps.
+///
+/// Matching is by prefix over the bytes in order, so the exact parts come first:
+/// `cgroup_id` (64 bits) and `port` + `_pad` (32 bits) always match in full, then `ip` matches
+/// the rule's prefix. Prefix length = [`POLICY_FIXED_BITS`] + prefix of `ip` in the 128-bit form.
+/// `port` 0 means "any port"; lookups try the exact port first, then 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyKey {
+    pub cgroup_id: u64,
+    /// Network order, so that the key bytes read the same on every host.
+    pub port_be: u16,
+    pub _pad: u16,
+    pub ip: [u8; 16],
+    pub _tail: u32,
+}
+
+/// Bits of [`PolicyKey`] before `ip`.
+pub const POLICY_FIXED_BITS: u32 = 96;
+
+/// Policy map value: the index of the rule that matched (for debugging and counters).
+pub type PolicyValue = u32;
+
+/// Where a redirected connection was going.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub ip: [u8; 16],
+    pub port: u16,
+    /// AF_INET or AF_INET6 as the application used it.
+    pub family: u16,
+    pub _pad: u32,
+    /// cgroup id of the process that called connect(): the source workload.
+    pub cgroup_id: u64,
+}
+
+/// How the agent finds the original destination of an accepted socket: the network namespace
+/// of its listener and the peer address it sees. sock_ops writes it at TCP_CONNECT time, when
+/// the client's source port is known and before the SYN leaves, so it is always there when
+/// the agent accepts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub netns_cookie: u64,
+    pub ip: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Identifies one end of a TCP connection on a node. Loopback addresses are only unique within
+/// a network namespace, so `netns_cookie` is set for them and 0 otherwise; that lets the
+/// fast path pair sockets across pod namespaces (pod IPs are unique on a node).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub netns_cookie: u64,
+    pub local_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u32,
+}
+
+impl SockKey {
+    /// The key of the other end of the same connection.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            netns_cookie: self.netns_cookie,
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            _pad: 0,
+        }
+    }
+}
+
+/// Connection flags in [`ConnStats::flags`] and [`ConnEvent::flags`].
+pub const CONN_ACTIVE: u32 = 1;
+pub const CONN_PASSIVE: u32 = 2;
+/// connect4/6 rewrote this connection to the agent.
+pub const CONN_REDIRECTED: u32 = 4;
+/// At least one message went over the sk_msg fast path.
+pub const CONN_FAST_PATH: u32 = 8;
+
+/// Live per-connection counters (LRU hash keyed by [`SockKey`]).
+///
+/// TCP counters are copied from the socket on every RTT sample and at close; bytes moved by the
+/// sk_msg fast path bypass TCP and are added by the sk_msg program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    pub cookie: u64,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub tcp_bytes_acked: u64,
+    pub tcp_bytes_received: u64,
+    pub fast_bytes_sent: u64,
+    pub fast_bytes_received: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub total_retrans: u32,
+    pub srtt_us: u32,
+    pub flags: u32,
+    pub family: u32,
+}
+
+/// Emitted on the ring buffer when a connection reaches TCP_CLOSE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub key: SockKey,
+    pub stats: ConnStats,
+    pub end_ns: u64,
+}
+
+/// Indices of the per-CPU `STATS` array.
+pub mod stat {
+    pub const CONNECT_REDIRECTED: u32 = 0;
+    pub const CONNECT_DENIED: u32 = 1;
+    pub const INGRESS_DENIED: u32 = 2;
+    pub const FAST_PATH_MSGS: u32 = 3;
+    pub const FAST_PATH_BYTES: u32 = 4;
+    pub const FAST_PATH_FALLBACK: u32 = 5;
+    pub const EVENTS_LOST: u32 = 6;
+    pub const CONNS_OPENED: u32 = 7;
+    pub const CONNS_CLOSED: u32 = 8;
+    pub const ORIG_DST_MISSING: u32 = 9;
+    pub const COUNT: u32 = 10;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "connect_redirected",
+        "connect_denied",
+        "ingress_denied",
+        "fast_path_msgs",
+        "fast_path_bytes",
+        "fast_path_fallback",
+        "events_lost",
+        "conns_opened",
+        "conns_closed",
+        "orig_dst_missing",
+    ];
+}
+
+/// IPv4 address (network order bytes) as IPv4-mapped IPv6.
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// True for 127.0.0.0/8 (mapped) and ::1: addresses that only mean something inside one netns.
+pub const fn is_loopback(ip: &[u8; 16]) -> bool {
+    let mapped = ip[0] == 0
+        && ip[1] == 0
+        && ip[2] == 0
+        && ip[3] == 0
+        && ip[4] == 0
+        && ip[5] == 0
+        && ip[6] == 0
+        && ip[7] == 0
+        && ip[8] == 0
+        && ip[9] == 0
+        && ip[10] == 0xff
+        && ip[11] == 0xff;
+    if mapped {
+        return ip[12] == 127;
+    }
+    let mut i = 0;
+    while i < 15 {
+        if ip[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    ip[15] == 1
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, contain only integers and arrays of integers and
+    // have no implicit padding, so any byte pattern is a valid value.
+    unsafe impl aya::Pod for AgentConfig {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for WorkloadValue {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for ClientKey {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for ConnStats {}
+    unsafe impl aya::Pod for ConnEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<AgentConfig>(), 16);
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<PolicyKey>(), 32);
+        assert_eq!(size_of::<OrigDst>(), 32);
+        assert_eq!(size_of::<ClientKey>(), 32);
+        assert_eq!(size_of::<SockKey>(), 48);
+        assert_eq!(size_of::<ConnStats>(), 80);
+        assert_eq!(size_of::<ConnEvent>(), 48 + 80 + 8);
+    }
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback(&v4_mapped([127, 0, 0, 1])));
+        assert!(is_loopback(&v4_mapped([127, 9, 9, 9])));
+        assert!(!is_loopback(&v4_mapped([10, 0, 0, 1])));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert!(is_loopback(&v6));
+        v6[0] = 0xfe;
+        assert!(!is_loopback(&v6));
+    }
+
+    #[test]
+    fn peer_swaps_ends() {
+        let k = SockKey {
+            netns_cookie: 7,
+            local_ip: v4_mapped([10, 0, 0, 1]),
+            remote_ip: v4_mapped([10, 0, 0, 2]),
+            local_port: 1000,
+            remote_port: 80,
+            _pad: 0,
+        };
+        let p = k.peer();
+        assert_eq!(p.local_ip, k.remote_ip);
+        assert_eq!(p.local_port, 80);
+        assert_eq!(p.remote_port, 1000);
+        assert_eq!(p.peer(), k);
+    }
+}

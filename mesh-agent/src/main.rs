@@ -1,1 +1,86 @@
-fn main() {}
+//! mesh-agent: one agent per node of a sidecarless service mesh.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mesh_agent::{
+    admin_client, cli,
+    cli::{Cli, Command, ConfigCommand},
+    config, ebpf, flows, runtime,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = match config {
+                Some(path) => config::load_file(&path)?,
+                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => {
+                    config::load_file(Path::new(cli::DEFAULT_CONFIG_PATH))?
+                }
+                None => {
+                    tracing::info!("no config file; running with the embedded default");
+                    config::embedded_default()
+                }
+            };
+            tokio_runtime()?.block_on(runtime::run(config))
+        }
+        Command::Flows { admin, json, state } => {
+            let path = match &state {
+                Some(s) => format!("/flows?state={s}"),
+                None => "/flows".to_string(),
+            };
+            let body = tokio_runtime()?.block_on(admin_client::get(admin, &path))?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+            } else {
+                let records: Vec<flows::FlowRecord> =
+                    serde_json::from_slice(&body).context("unexpected /flows answer")?;
+                print!("{}", flows::render_table(&records));
+            }
+            Ok(())
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Check { file } => {
+                let config = config::check_file(&file)?;
+                println!(
+                    "{}: ok (node {}, {} workloads, {} services)",
+                    file.display(),
+                    config.node.name,
+                    config.workloads.len(),
+                    config.services.len()
+                );
+                Ok(())
+            }
+            ConfigCommand::Default => {
+                print!("{}", include_str!("default-config.yaml"));
+                Ok(())
+            }
+        },
+        Command::Cleanup { pin_dir } => ebpf::remove_pins(&pin_dir),
+    }
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

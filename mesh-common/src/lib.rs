@@ -103,7 +103,7 @@ pub struct WorkloadValue {
 /// the rule's prefix. Prefix length = [`POLICY_FIXED_BITS`] + prefix of `ip` in the 128-bit form.
 /// `port` 0 means "any port"; lookups try the exact port first, then 0.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyKey {
     pub cgroup_id: u64,
     /// Network order, so that the key bytes read the same on every host.
@@ -185,14 +185,22 @@ pub const CONN_FAST_PATH: u32 = 8;
 ///
 /// TCP counters are copied from the socket on every RTT sample and at close; bytes moved by the
 /// sk_msg fast path bypass TCP and are added by the sk_msg program.
+///
+/// The kernel's bytes_acked/bytes_received count sequence space, which includes the SYN and
+/// FIN flags. `tcp_bytes_*` here are payload bytes only: the value at ESTABLISHED is the
+/// baseline (`base_*`), and a FIN that was acknowledged / received is taken off at close.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnStats {
     pub cookie: u64,
     pub start_ns: u64,
     pub cgroup_id: u64,
+    /// Payload bytes sent and acknowledged by the peer (TCP path).
     pub tcp_bytes_acked: u64,
+    /// Payload bytes received (TCP path).
     pub tcp_bytes_received: u64,
+    pub base_bytes_acked: u64,
+    pub base_bytes_received: u64,
     pub fast_bytes_sent: u64,
     pub fast_bytes_received: u64,
     pub segs_in: u32,
@@ -201,7 +209,15 @@ pub struct ConnStats {
     pub srtt_us: u32,
     pub flags: u32,
     pub family: u32,
+    /// FIN_* bits below, tracked from state transitions.
+    pub fin_flags: u32,
+    pub _pad: u32,
 }
+
+/// This end sent a FIN (entered FIN_WAIT1 or LAST_ACK).
+pub const FIN_SENT: u32 = 1;
+/// The peer's FIN arrived (entered CLOSE_WAIT or CLOSING, or TIME_WAIT).
+pub const FIN_RECEIVED: u32 = 2;
 
 /// Emitted on the ring buffer when a connection reaches TCP_CLOSE.
 #[repr(C)]
@@ -303,8 +319,8 @@ mod tests {
         assert_eq!(size_of::<OrigDst>(), 32);
         assert_eq!(size_of::<ClientKey>(), 32);
         assert_eq!(size_of::<SockKey>(), 48);
-        assert_eq!(size_of::<ConnStats>(), 80);
-        assert_eq!(size_of::<ConnEvent>(), 48 + 80 + 8);
+        assert_eq!(size_of::<ConnStats>(), 104);
+        assert_eq!(size_of::<ConnEvent>(), 48 + 104 + 8);
     }
 
     #[test]

@@ -1,1 +1,9 @@
+//! Test support for the mesh: simulated nodes built from network namespaces
+//! and cgroups (`sim`), and the logic behind the `mesh-probe` workload binary
+//! (`probe`).
+//!
+//! The probe logic lives in the library (not in the binary) so that argument
+//! parsing, statistics and the data generator can be unit-tested without root.
 
+pub mod probe;
+pub mod sim;

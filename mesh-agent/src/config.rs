@@ -1,0 +1,1620 @@
+//! The agent's YAML configuration: parsing and validation.
+//!
+//! Parsing happens in two layers. Private `Raw*` structs mirror the YAML and
+//! keep `serde_saphyr::Spanned` wrappers on every value that is validated
+//! after deserialization (paths that must exist, duplicates, addresses), so
+//! that every error can name the exact line and column of the offending
+//! value. The raw tree is then checked and converted into the plain public
+//! types, which carry no span information and can be serialized as JSON.
+//!
+//! Scalars such as ports, IPs and CIDRs are deserialized as strings and parsed
+//! here rather than through their serde impls: that gives one consistent,
+//! readable message per kind of mistake (for example "prefix length 33 is
+//! longer than 32" instead of "invalid IP address syntax"), and lets a bare IP
+//! stand for a host route in `to:` / `from:`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::de::{self, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
+
+/// Where BPF maps are pinned when `node.bpffs` is not set.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/mesh-agent";
+/// The transparent-proxy listener port when `node.outbound_port` is not set.
+pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+/// The admin/metrics endpoint when `node.admin` is not set. Loopback only, as
+/// the endpoint has no authentication.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+/// The namespace of workloads and services that do not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The configuration compiled into the binary, used when no file is given.
+const EMBEDDED_DEFAULT: &str = include_str!("default-config.yaml");
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+}
+
+/// Settings of the node the agent runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeConfig {
+    /// `[a-z0-9-]{1,63}`; also the last component of the pin directory.
+    pub name: String,
+    /// cgroup v2 directory the node-wide programs attach to.
+    pub cgroup: PathBuf,
+    /// bpffs directory under which `<name>/` holds the pinned maps.
+    pub bpffs: PathBuf,
+    /// Port of the agent's transparent outbound listener.
+    pub outbound_port: u16,
+    /// Admin/metrics HTTP endpoint; always a loopback address.
+    pub admin: SocketAddr,
+    /// Whether the sk_msg same-node fast path is enabled.
+    pub fast_path: bool,
+}
+
+impl NodeConfig {
+    /// Directory where this node's maps are pinned: `<bpffs>/<name>`.
+    ///
+    /// The node name is validated to `[a-z0-9-]{1,63}`, so it is always a
+    /// single plain path component and cannot escape `bpffs`.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join(&self.name)
+    }
+}
+
+/// A pod (or any process group) whose sockets the agent manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    /// cgroup v2 directory of the workload; unique across workloads.
+    pub cgroup: PathBuf,
+    /// Network namespace file; `None` means the host namespace.
+    pub netns: Option<PathBuf>,
+    pub ips: Vec<IpAddr>,
+    /// `None`: egress unrestricted. `Some` (even empty): default-deny for TCP
+    /// connects, allowing only the listed rules.
+    pub egress: Option<Vec<EgressRule>>,
+    /// `None`: ingress unrestricted. `Some` (even empty): inbound TCP SYNs are
+    /// default-deny, allowing only the listed rules.
+    pub ingress: Option<Vec<IngressRule>>,
+}
+
+/// One allowed egress destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressRule {
+    /// Destination network; host bits are cleared (`10.1.2.3/24` becomes
+    /// `10.1.2.0/24`) so equal networks compare equal.
+    pub to: IpNet,
+    /// Allowed destination ports; empty means any port.
+    pub ports: Vec<u16>,
+}
+
+/// One allowed ingress source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngressRule {
+    /// Source network; host bits are cleared like [`EgressRule::to`].
+    pub from: IpNet,
+    /// Allowed local (destination) ports; empty means any port.
+    pub ports: Vec<u16>,
+}
+
+/// A load-balanced service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// Virtual IPs; may be empty for endpoint-only meshing.
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A service port and the endpoint port it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub port: u16,
+    /// Defaults to `port`.
+    pub target_port: u16,
+    pub name: Option<String>,
+}
+
+/// A backend of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// Informational: the node hosting the endpoint.
+    pub node: Option<String>,
+    /// Informational: the workload backing the endpoint.
+    pub workload: Option<String>,
+}
+
+/// Why a configuration could not be loaded.
+///
+/// Display is `FILE: cannot read: ERROR` for I/O failures,
+/// `FILE:LINE:COLUMN: REASON` for problems in the content and `FILE: REASON`
+/// in the rare case where the parser knows no position.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: {reason}")]
+    Read {
+        file: String,
+        /// `cannot read: <error>`, kept precomputed so that `reason()` can
+        /// borrow it like for the other variants.
+        reason: String,
+        /// Not a `#[source]`: its text is already part of the message, and
+        /// error reporters that print the chain would repeat it.
+        error: std::io::Error,
+    },
+    /// The content is invalid at a known position.
+    #[error("{file}:{line}:{column}: {reason}")]
+    Invalid {
+        file: String,
+        line: u64,
+        column: u64,
+        reason: String,
+    },
+    /// The content is invalid but the parser could not say where.
+    #[error("{file}: {reason}")]
+    Unlocated { file: String, reason: String },
+}
+
+// Accessors beyond `line` and `reason` are there for callers that present
+// errors differently (editors, JSON output); the binary may not use them all.
+#[allow(dead_code)]
+impl ConfigError {
+    /// The file (or origin name) the error is about.
+    pub fn file(&self) -> &str {
+        match self {
+            Self::Read { file, .. } | Self::Invalid { file, .. } | Self::Unlocated { file, .. } => {
+                file
+            }
+        }
+    }
+
+    /// 1-based line of the offending value, when the error comes from the
+    /// content.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            Self::Invalid { line, .. } => Some(*line),
+            Self::Read { .. } | Self::Unlocated { .. } => None,
+        }
+    }
+
+    /// 1-based column of the offending value, when the error comes from the
+    /// content.
+    pub fn column(&self) -> Option<u64> {
+        match self {
+            Self::Invalid { column, .. } => Some(*column),
+            Self::Read { .. } | Self::Unlocated { .. } => None,
+        }
+    }
+
+    /// The message without the `FILE:LINE:COLUMN: ` prefix.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Read { reason, .. }
+            | Self::Invalid { reason, .. }
+            | Self::Unlocated { reason, .. } => reason,
+        }
+    }
+
+    fn read(path: &Path, error: std::io::Error) -> Self {
+        Self::Read {
+            file: path.display().to_string(),
+            reason: format!("cannot read: {error}"),
+            error,
+        }
+    }
+
+    fn at(file: &str, loc: Location, reason: String) -> Self {
+        // Line 0 is the parser's "unknown location"; printing `FILE:0:0:`
+        // would send the user looking for a line that does not exist.
+        if loc.line() == 0 {
+            Self::Unlocated {
+                file: file.to_owned(),
+                reason,
+            }
+        } else {
+            Self::Invalid {
+                file: file.to_owned(),
+                line: loc.line(),
+                column: loc.column(),
+                reason,
+            }
+        }
+    }
+
+    fn from_yaml(file: &str, err: &serde_saphyr::Error) -> Self {
+        // The user-facing formatter omits the developer hints of the default
+        // one (e.g. "set DuplicateKeyPolicy in Options"), which mean nothing
+        // to someone editing a config file. It is called on the innermost
+        // error because rendering entry points would append "at line X" and
+        // snippets themselves, while we print the position as FILE:LINE:COL.
+        let reason = clean(&UserMessageFormatter.format_message(innermost(err)));
+        match err.location() {
+            Some(loc) => Self::at(file, loc, reason),
+            None => Self::Unlocated {
+                file: file.to_owned(),
+                reason,
+            },
+        }
+    }
+}
+
+/// Strips the alias and snippet wrappers that only add rendering context.
+fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = err
+    {
+        err = error;
+    }
+    err
+}
+
+/// Reads, parses and validates the configuration file at `path`, including
+/// that the cgroup and netns paths it names exist.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::read(path, e))?;
+    let origin = path.display().to_string();
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(e) => return Err(not_utf8(&origin, &bytes, e.valid_up_to())),
+    };
+    parse(text, &origin, PathChecks::Enabled)
+}
+
+/// Same as [`load_file`]; the entry point of the `config check` command.
+pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+    load_file(path)
+}
+
+/// Parses and validates `text`; `origin` names the source in messages.
+/// Paths named by the configuration must exist, as for [`load_file`].
+pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    parse(text, origin, PathChecks::Enabled)
+}
+
+/// The configuration compiled into the binary: a bare-host node with no
+/// workloads and no services.
+///
+/// Paths are not checked for existence, because the binary may run on a
+/// host where the default cgroup mount differs; the agent reports that when
+/// it attaches. Should the embedded file ever fail to parse (a unit test
+/// proves it does not), the same values are built in code instead of
+/// panicking.
+pub fn embedded_default() -> Config {
+    parse(
+        EMBEDDED_DEFAULT,
+        "<embedded default-config.yaml>",
+        PathChecks::Skipped,
+    )
+    .unwrap_or_else(|_| builtin_default())
+}
+
+/// The values of `default-config.yaml`, kept in sync by a unit test.
+fn builtin_default() -> Config {
+    Config {
+        node: NodeConfig {
+            name: "local".to_owned(),
+            cgroup: PathBuf::from("/sys/fs/cgroup/unified"),
+            bpffs: PathBuf::from(DEFAULT_BPFFS),
+            outbound_port: DEFAULT_OUTBOUND_PORT,
+            admin: DEFAULT_ADMIN,
+            fast_path: true,
+        },
+        workloads: Vec::new(),
+        services: Vec::new(),
+    }
+}
+
+/// Whether paths that must exist are checked against the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathChecks {
+    Enabled,
+    Skipped,
+}
+
+fn parse(text: &str, origin: &str, checks: PathChecks) -> Result<Config, ConfigError> {
+    let mut options = serde_saphyr::Options::default();
+    // Snippets are rendered by the library's own Display, which we do not
+    // use; skip the work of capturing them.
+    options.with_snippet = false;
+
+    // A first pass only looks at the shape of the document. It reads the
+    // whole stream, so YAML syntax errors are reported before any schema
+    // error (the typed pass stops at the first unknown key, which may come
+    // before a syntax error), and an empty or non-mapping document gets a
+    // message that says what was expected instead of "expected mapping
+    // start" or "unexpected end of file".
+    let shape: Spanned<Shape> = serde_saphyr::from_str_with_options(text, options.clone())
+        .map_err(|e| ConfigError::from_yaml(origin, &e))?;
+    let found = match shape.value {
+        Shape::Mapping => None,
+        Shape::Empty => Some("the file is empty"),
+        Shape::Sequence => Some("found a list"),
+        Shape::Scalar => Some("found a single value"),
+    };
+    if let Some(found) = found {
+        return Err(ConfigError::at(
+            origin,
+            shape.referenced,
+            format!("{found}; expected a mapping with a `node` section at the top level"),
+        ));
+    }
+
+    let raw: RawConfig = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| ConfigError::from_yaml(origin, &e))?;
+    Checker { origin, checks }.config(raw)
+}
+
+/// Reports invalid UTF-8 at the line and column where it starts.
+fn not_utf8(origin: &str, bytes: &[u8], valid_up_to: usize) -> ConfigError {
+    let valid = bytes
+        .get(..valid_up_to)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("");
+    let line = valid.matches('\n').count() as u64 + 1;
+    let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+    let column = valid.get(line_start..).map_or(0, |s| s.chars().count()) as u64 + 1;
+    ConfigError::Invalid {
+        file: origin.to_owned(),
+        line,
+        column,
+        reason: "the file is not valid UTF-8".to_owned(),
+    }
+}
+
+/// Top-level kind of a YAML document, for the first parsing pass.
+enum Shape {
+    Mapping,
+    Sequence,
+    Scalar,
+    Empty,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+
+        impl<'de> de::Visitor<'de> for ShapeVisitor {
+            type Value = Shape;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a YAML document")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                // Drained so that the parser sees (and checks) the whole document.
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Shape::Mapping)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Shape::Sequence)
+            }
+
+            fn visit_unit<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Empty)
+            }
+
+            fn visit_none<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Empty)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+                d.deserialize_any(self)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_i128<E>(self, _: i128) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_u128<E>(self, _: u128) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+        }
+
+        deserializer.deserialize_any(ShapeVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw, span-carrying mirror of the YAML.
+
+/// Turns an explicit `null` (e.g. `workloads:` with every entry commented
+/// out) into an empty list instead of a type error.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Distinguishes a present key from an absent one even when its value is
+/// `null`: plain `Option` would read `egress:` (null) as "absent", silently
+/// turning an intended deny-all policy into allow-all.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+type Text = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    workloads: Vec<RawWorkload>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Text,
+    cgroup: Text,
+    #[serde(default)]
+    bpffs: Option<Text>,
+    #[serde(default)]
+    outbound_port: Option<Text>,
+    #[serde(default)]
+    admin: Option<Text>,
+    #[serde(default)]
+    fast_path: Option<bool>,
+}
+
+/// `Some(value: None)` is a key present with a null value.
+type RawRules<T> = Option<Spanned<Option<Vec<T>>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: Text,
+    #[serde(default)]
+    namespace: Option<Text>,
+    cgroup: Text,
+    #[serde(default)]
+    netns: Option<Text>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    ips: Vec<Text>,
+    #[serde(default, deserialize_with = "present")]
+    egress: RawRules<RawEgressRule>,
+    #[serde(default, deserialize_with = "present")]
+    ingress: RawRules<RawIngressRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgressRule {
+    to: Text,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    ports: Vec<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngressRule {
+    from: Text,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    ports: Vec<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Text,
+    #[serde(default)]
+    namespace: Option<Text>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    vips: Vec<Text>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    ports: Vec<RawServicePort>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServicePort {
+    port: Text,
+    #[serde(default)]
+    target_port: Option<Text>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    ip: Text,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    workload: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validation and conversion.
+
+struct Checker<'a> {
+    origin: &'a str,
+    checks: PathChecks,
+}
+
+impl Checker<'_> {
+    fn err(&self, loc: Location, reason: String) -> ConfigError {
+        ConfigError::at(self.origin, loc, reason)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let node = self.node(raw.node)?;
+        let workloads = self.workloads(raw.workloads)?;
+        let services = self.services(raw.services)?;
+        Ok(Config {
+            node,
+            workloads,
+            services,
+        })
+    }
+
+    fn node(&self, raw: RawNode) -> Result<NodeConfig, ConfigError> {
+        let name = raw.name.value.clone();
+        if !is_node_name(&name) {
+            return Err(self.err(
+                raw.name.referenced,
+                format!(
+                    "invalid node name {}: use 1 to 63 characters among a-z, 0-9 and '-'",
+                    quote(&name)
+                ),
+            ));
+        }
+        let cgroup = self.cgroup_dir(&raw.cgroup)?;
+        let bpffs = match &raw.bpffs {
+            Some(p) => self.absolute(p, "bpffs")?,
+            None => PathBuf::from(DEFAULT_BPFFS),
+        };
+        let outbound_port = match &raw.outbound_port {
+            Some(p) => self.port(p)?,
+            None => DEFAULT_OUTBOUND_PORT,
+        };
+        let admin = match &raw.admin {
+            Some(a) => self.admin(a)?,
+            None => DEFAULT_ADMIN,
+        };
+        Ok(NodeConfig {
+            name,
+            cgroup,
+            bpffs,
+            outbound_port,
+            admin,
+            fast_path: raw.fast_path.unwrap_or(true),
+        })
+    }
+
+    fn admin(&self, raw: &Text) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = raw.value.trim().parse().map_err(|_| {
+            self.err(
+                raw.referenced,
+                format!(
+                    "invalid admin address {}: expected IP:PORT such as 127.0.0.1:15000 or [::1]:15000",
+                    quote(&raw.value)
+                ),
+            )
+        })?;
+        // The admin endpoint has no authentication; exposing it beyond the
+        // host would let anyone read and change the agent's state.
+        if !addr.ip().is_loopback() {
+            return Err(self.err(
+                raw.referenced,
+                format!("admin address {addr} is not a loopback address (use 127.0.0.1 or ::1)"),
+            ));
+        }
+        Ok(addr)
+    }
+
+    fn workloads(&self, raws: Vec<RawWorkload>) -> Result<Vec<Workload>, ConfigError> {
+        // Each map remembers the first definition, for "first defined at".
+        let mut names: HashMap<(String, String), u64> = HashMap::new();
+        let mut cgroups: HashMap<PathBuf, (String, u64)> = HashMap::new();
+        let mut ips: HashMap<IpAddr, (String, u64)> = HashMap::new();
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let name = self.object_name(&raw.name, "workload name")?;
+            let namespace = self.namespace(raw.namespace.as_ref())?;
+            let id = format!("{namespace}/{name}");
+            if let Some(first) = names.insert((namespace.clone(), name.clone()), line_of(&raw.name))
+            {
+                return Err(self.err(
+                    raw.name.referenced,
+                    format!(
+                        "duplicate workload {} (first defined at line {first})",
+                        quote(&id)
+                    ),
+                ));
+            }
+
+            let cgroup = self.cgroup_dir(&raw.cgroup)?;
+            // Two workloads on one cgroup would make per-workload policy
+            // ambiguous: the programs cannot tell their sockets apart.
+            if let Some((other, line)) = cgroups.get(&cgroup) {
+                return Err(self.err(
+                    raw.cgroup.referenced,
+                    format!(
+                        "cgroup path {} is already used by workload {} (line {line})",
+                        clean(&cgroup.display().to_string()),
+                        quote(other)
+                    ),
+                ));
+            }
+            cgroups.insert(cgroup.clone(), (id.clone(), line_of(&raw.cgroup)));
+
+            let netns = match &raw.netns {
+                Some(p) => Some(self.netns_file(p)?),
+                None => None,
+            };
+
+            let mut workload_ips = Vec::with_capacity(raw.ips.len());
+            for raw_ip in &raw.ips {
+                let ip = self.ip(raw_ip)?;
+                // Ingress policy is looked up by destination IP; an IP owned
+                // by two workloads would apply one of them arbitrarily.
+                if let Some((other, line)) = ips.get(&ip) {
+                    return Err(self.err(
+                        raw_ip.referenced,
+                        format!(
+                            "IP {ip} is already assigned to workload {} (line {line})",
+                            quote(other)
+                        ),
+                    ));
+                }
+                ips.insert(ip, (id.clone(), line_of(raw_ip)));
+                workload_ips.push(ip);
+            }
+
+            let egress = match self.rules(raw.egress, "egress")? {
+                Some(rules) => Some(
+                    rules
+                        .iter()
+                        .map(|r| {
+                            Ok(EgressRule {
+                                to: self.cidr(&r.to)?,
+                                ports: self.ports(&r.ports)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ConfigError>>()?,
+                ),
+                None => None,
+            };
+            let ingress = match self.rules(raw.ingress, "ingress")? {
+                Some(rules) => Some(
+                    rules
+                        .iter()
+                        .map(|r| {
+                            Ok(IngressRule {
+                                from: self.cidr(&r.from)?,
+                                ports: self.ports(&r.ports)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ConfigError>>()?,
+                ),
+                None => None,
+            };
+
+            out.push(Workload {
+                name,
+                namespace,
+                cgroup,
+                netns,
+                ips: workload_ips,
+                egress,
+                ingress,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Unwraps a policy list, rejecting a key that is present but null.
+    fn rules<T>(&self, raw: RawRules<T>, key: &str) -> Result<Option<Vec<T>>, ConfigError> {
+        match raw {
+            None => Ok(None),
+            Some(Spanned {
+                value: Some(rules), ..
+            }) => Ok(Some(rules)),
+            // An empty `egress:` is ambiguous: "nothing allowed" or "no
+            // policy". Guessing either way is a security decision, so ask.
+            Some(Spanned {
+                value: None,
+                referenced,
+                ..
+            }) => Err(self.err(
+                referenced,
+                format!(
+                    "`{key}` has no value: write `{key}: []` to deny all, or remove the key to allow all"
+                ),
+            )),
+        }
+    }
+
+    fn services(&self, raws: Vec<RawService>) -> Result<Vec<Service>, ConfigError> {
+        let mut names: HashMap<(String, String), u64> = HashMap::new();
+        let mut frontends: HashMap<(IpAddr, u16), (String, u64)> = HashMap::new();
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let name = self.object_name(&raw.name, "service name")?;
+            let namespace = self.namespace(raw.namespace.as_ref())?;
+            let id = format!("{namespace}/{name}");
+            if let Some(first) = names.insert((namespace.clone(), name.clone()), line_of(&raw.name))
+            {
+                return Err(self.err(
+                    raw.name.referenced,
+                    format!(
+                        "duplicate service {} (first defined at line {first})",
+                        quote(&id)
+                    ),
+                ));
+            }
+
+            let mut ports: Vec<ServicePort> = Vec::with_capacity(raw.ports.len());
+            let mut port_lines: HashMap<u16, u64> = HashMap::new();
+            for raw_port in &raw.ports {
+                let port = self.port(&raw_port.port)?;
+                if let Some(first) = port_lines.insert(port, line_of(&raw_port.port)) {
+                    return Err(self.err(
+                        raw_port.port.referenced,
+                        format!("duplicate service port {port} (first defined at line {first})"),
+                    ));
+                }
+                let target_port = match &raw_port.target_port {
+                    Some(t) => self.port(t)?,
+                    None => port,
+                };
+                ports.push(ServicePort {
+                    port,
+                    target_port,
+                    name: raw_port.name.clone(),
+                });
+            }
+
+            let mut vips = Vec::with_capacity(raw.vips.len());
+            for raw_vip in &raw.vips {
+                let vip = self.ip(raw_vip)?;
+                // A (VIP, port) frontend maps to exactly one backend set in
+                // the datapath; two services cannot share it.
+                for port in &ports {
+                    if let Some((other, line)) = frontends.get(&(vip, port.port)) {
+                        return Err(self.err(
+                            raw_vip.referenced,
+                            format!(
+                                "VIP {vip} port {} is already used by service {} (line {line})",
+                                port.port,
+                                quote(other)
+                            ),
+                        ));
+                    }
+                }
+                for port in &ports {
+                    frontends.insert((vip, port.port), (id.clone(), line_of(raw_vip)));
+                }
+                vips.push(vip);
+            }
+
+            let endpoints = raw
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Ok(Endpoint {
+                        ip: self.ip(&e.ip)?,
+                        node: e.node.clone(),
+                        workload: e.workload.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+
+            out.push(Service {
+                name,
+                namespace,
+                vips,
+                ports,
+                endpoints,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Workload and service names: they are printed as `namespace/name` in
+    /// logs and the admin API, so a '/' or whitespace would make those
+    /// ambiguous.
+    fn object_name(&self, raw: &Text, what: &str) -> Result<String, ConfigError> {
+        let v = &raw.value;
+        if v.is_empty()
+            || v.chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+        {
+            return Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid {what} {}: must be non-empty without '/', spaces or control characters",
+                    quote(v)
+                ),
+            ));
+        }
+        Ok(v.clone())
+    }
+
+    fn namespace(&self, raw: Option<&Text>) -> Result<String, ConfigError> {
+        match raw {
+            Some(ns) => self.object_name(ns, "namespace"),
+            None => Ok(DEFAULT_NAMESPACE.to_owned()),
+        }
+    }
+
+    /// Relative paths would depend on the agent's working directory, which
+    /// a service manager picks, so they are refused.
+    fn absolute(&self, raw: &Text, what: &str) -> Result<PathBuf, ConfigError> {
+        let path = PathBuf::from(&raw.value);
+        if !path.is_absolute() {
+            return Err(self.err(
+                raw.referenced,
+                format!("{what} path {} must be absolute", quote(&raw.value)),
+            ));
+        }
+        Ok(path)
+    }
+
+    fn cgroup_dir(&self, raw: &Text) -> Result<PathBuf, ConfigError> {
+        let path = self.absolute(raw, "cgroup")?;
+        if self.checks == PathChecks::Enabled {
+            self.must_exist(raw, &path, "cgroup", |m| {
+                (!m.is_dir()).then_some("is not a directory")
+            })?;
+        }
+        Ok(path)
+    }
+
+    fn netns_file(&self, raw: &Text) -> Result<PathBuf, ConfigError> {
+        let path = self.absolute(raw, "netns")?;
+        if self.checks == PathChecks::Enabled {
+            self.must_exist(raw, &path, "netns", |m| {
+                m.is_dir()
+                    .then_some("is a directory, not a network namespace file")
+            })?;
+        }
+        Ok(path)
+    }
+
+    /// Checks that `path` exists (following symlinks, as /proc/PID/ns/net is
+    /// one) and that `wrong_kind` finds nothing wrong with it.
+    fn must_exist(
+        &self,
+        raw: &Text,
+        path: &Path,
+        what: &str,
+        wrong_kind: impl Fn(&std::fs::Metadata) -> Option<&'static str>,
+    ) -> Result<(), ConfigError> {
+        let shown = clean(&path.display().to_string());
+        let problem = match std::fs::metadata(path) {
+            Ok(meta) => wrong_kind(&meta).map(str::to_owned),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_owned()),
+            Err(e) => Some(format!("cannot be accessed: {e}")),
+        };
+        match problem {
+            Some(problem) => {
+                Err(self.err(raw.referenced, format!("{what} path {shown} {problem}")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn port(&self, raw: &Text) -> Result<u16, ConfigError> {
+        let text = raw.value.trim();
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        match text.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(p),
+            // A number, even one too large for any integer type, is a range
+            // problem rather than a syntax one.
+            _ if digits => Err(self.err(
+                raw.referenced,
+                format!("port {} is out of range 1..=65535", clean(text)),
+            )),
+            _ => Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid port {}: expected a number in 1..=65535",
+                    quote(&raw.value)
+                ),
+            )),
+        }
+    }
+
+    fn ports(&self, raws: &[Text]) -> Result<Vec<u16>, ConfigError> {
+        raws.iter().map(|p| self.port(p)).collect()
+    }
+
+    fn ip(&self, raw: &Text) -> Result<IpAddr, ConfigError> {
+        raw.value.trim().parse().map_err(|_| {
+            self.err(
+                raw.referenced,
+                format!("invalid IP address {}", quote(&raw.value)),
+            )
+        })
+    }
+
+    /// A CIDR, or a bare IP meaning that single host (/32 or /128).
+    fn cidr(&self, raw: &Text) -> Result<IpNet, ConfigError> {
+        parse_cidr(&raw.value).map_err(|why| {
+            self.err(
+                raw.referenced,
+                format!("invalid CIDR {}: {why}", quote(&raw.value)),
+            )
+        })
+    }
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let Some((addr, len)) = text.split_once('/') else {
+        return text
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| "expected an IP address or ADDRESS/PREFIX_LENGTH".to_owned());
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{} is not an IP address", quote(addr)))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("prefix length {} is not a number", quote(len)))?;
+    if len > max {
+        return Err(format!("prefix length {len} is longer than {max}"));
+    }
+    IpNet::new(addr, len)
+        .map(|net| net.trunc())
+        .map_err(|e| e.to_string())
+}
+
+fn is_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn line_of<T>(spanned: &Spanned<T>) -> u64 {
+    spanned.referenced.line()
+}
+
+/// Escapes control characters so that a value from the file cannot break
+/// the one-line `FILE:LINE:COLUMN: REASON` format or inject terminal codes.
+fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A value from the file, as shown in messages.
+fn quote(text: &str) -> String {
+    format!("`{}`", clean(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// Directories and files the path checks need: `$D` in a test config is
+    /// replaced by the fixture's root.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for sub in ["node", "pods/web", "pods/api"] {
+                std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+            }
+            std::fs::write(dir.path().join("netns-web"), b"").expect("netns file");
+            Self { dir }
+        }
+
+        fn root(&self) -> String {
+            self.dir.path().display().to_string()
+        }
+
+        fn text(&self, yaml: &str) -> String {
+            yaml.replace("$D", &self.root())
+        }
+
+        fn parse(&self, yaml: &str) -> Result<Config, ConfigError> {
+            parse_str(&self.text(yaml), "test.yaml")
+        }
+
+        /// Parses `yaml`, expecting an error at `line` whose reason contains
+        /// `needle`; returns the error for further checks.
+        fn fails(&self, yaml: &str, line: u64, needle: &str) -> ConfigError {
+            let err = match self.parse(yaml) {
+                Ok(cfg) => panic!("expected an error, got {cfg:?}"),
+                Err(e) => e,
+            };
+            assert_eq!(err.line(), Some(line), "wrong line for: {err}");
+            assert!(err.reason().contains(needle), "{needle:?} not in: {err}");
+            let prefix = format!("test.yaml:{line}:");
+            assert!(err.to_string().starts_with(&prefix), "bad format: {err}");
+            err
+        }
+    }
+
+    const NODE: &str = "node:\n  name: node1\n  cgroup: $D/node\n";
+
+    fn with_node(rest: &str) -> String {
+        format!("{NODE}{rest}")
+    }
+
+    #[test]
+    fn embedded_default_parses_and_matches_builtin() {
+        let parsed = parse(EMBEDDED_DEFAULT, "default-config.yaml", PathChecks::Skipped)
+            .expect("embedded default-config.yaml must parse");
+        assert_eq!(parsed, builtin_default());
+        assert_eq!(embedded_default(), builtin_default());
+    }
+
+    #[test]
+    fn full_example_with_defaults() {
+        let fx = Fixture::new();
+        let yaml = "\
+node:
+  name: node1
+  cgroup: $D/node
+  admin: '[::1]:9000'
+  fast_path: false
+workloads:
+  - name: web
+    cgroup: $D/pods/web
+    netns: $D/netns-web
+    ips: [10.1.1.2, 'fd00::2']
+    egress:
+      - to: 10.96.0.0/16
+        ports: [80, 443]
+      - to: 10.1.2.3
+      - to: 10.9.9.9/8
+    ingress: []
+  - name: web
+    namespace: other
+    cgroup: $D/pods/api
+services:
+  - name: web
+    vips: [10.96.0.10]
+    ports:
+      - port: 80
+        target_port: 8080
+        name: http
+      - port: 443
+    endpoints:
+      - ip: 10.1.2.2
+        node: node2
+        workload: web
+  - name: headless
+    namespace: kube-system
+";
+        let cfg = fx.parse(yaml).expect("valid config");
+        let node = &cfg.node;
+        assert_eq!(node.name, "node1");
+        assert_eq!(node.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        assert_eq!(
+            node.pin_dir(),
+            PathBuf::from("/sys/fs/bpf/mesh-agent/node1")
+        );
+        assert_eq!(node.outbound_port, 15001);
+        assert_eq!(node.admin, "[::1]:9000".parse().expect("addr"));
+        assert!(!node.fast_path);
+
+        let web = &cfg.workloads[0];
+        assert_eq!(web.namespace, "default");
+        assert_eq!(web.netns, Some(fx.dir.path().join("netns-web")));
+        assert_eq!(web.ips.len(), 2);
+        let egress = web.egress.as_ref().expect("egress present");
+        assert_eq!(egress[0].to, "10.96.0.0/16".parse::<IpNet>().expect("net"));
+        assert_eq!(egress[0].ports, vec![80, 443]);
+        assert_eq!(egress[1].to, "10.1.2.3/32".parse::<IpNet>().expect("net"));
+        assert!(egress[1].ports.is_empty());
+        assert_eq!(egress[2].to, "10.0.0.0/8".parse::<IpNet>().expect("net"));
+        assert_eq!(web.ingress, Some(Vec::new()));
+        assert_eq!(cfg.workloads[1].namespace, "other");
+        assert_eq!(cfg.workloads[1].egress, None);
+        assert_eq!(cfg.workloads[1].ingress, None);
+
+        let svc = &cfg.services[0];
+        assert_eq!(svc.namespace, "default");
+        assert_eq!(svc.ports[0].target_port, 8080);
+        assert_eq!(svc.ports[0].name.as_deref(), Some("http"));
+        assert_eq!(svc.ports[1].target_port, 443);
+        assert_eq!(svc.endpoints[0].node.as_deref(), Some("node2"));
+        assert!(cfg.services[1].vips.is_empty());
+
+        let json = serde_json::to_value(&cfg).expect("serializable");
+        assert_eq!(json["node"]["admin"], "[::1]:9000");
+        assert_eq!(json["workloads"][0]["egress"][0]["to"], "10.96.0.0/16");
+    }
+
+    #[test]
+    fn null_lists_are_empty() {
+        let fx = Fixture::new();
+        let cfg = fx
+            .parse(&with_node("workloads:\nservices:\n"))
+            .expect("valid");
+        assert!(cfg.workloads.is_empty() && cfg.services.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_everywhere() {
+        let fx = Fixture::new();
+        fx.fails(&with_node("extra: 1\n"), 4, "unknown field `extra`");
+        let e = fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  cgrop: /x\n",
+            4,
+            "unknown field `cgrop`, expected one of",
+        );
+        assert_eq!(e.column(), Some(3));
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    color: red\n"),
+            7,
+            "unknown field `color`",
+        );
+        fx.fails(
+            &with_node(
+                "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    egress:\n      - to: 10.0.0.0/8\n        port: 80\n",
+            ),
+            9,
+            "unknown field `port`",
+        );
+        fx.fails(
+            &with_node(
+                "services:\n  - name: s\n    ports:\n      - port: 80\n        targetPort: 81\n",
+            ),
+            8,
+            "unknown field `targetPort`",
+        );
+        fx.fails(
+            &with_node(
+                "services:\n  - name: s\n    endpoints:\n      - ip: 10.0.0.1\n        zone: a\n",
+            ),
+            8,
+            "unknown field `zone`",
+        );
+    }
+
+    #[test]
+    fn bad_cidrs() {
+        let fx = Fixture::new();
+        let head = "workloads:\n  - name: w\n    cgroup: $D/pods/web\n";
+        fx.fails(
+            &with_node(&format!("{head}    egress:\n      - to: 10.0.0.0/33\n")),
+            8,
+            "invalid CIDR `10.0.0.0/33`: prefix length 33 is longer than 32",
+        );
+        fx.fails(
+            &with_node(&format!("{head}    ingress:\n      - from: banana\n")),
+            8,
+            "invalid CIDR `banana`",
+        );
+        fx.fails(
+            &with_node(&format!("{head}    ingress:\n      - from: 10.0.0.0/x\n")),
+            8,
+            "prefix length `x` is not a number",
+        );
+        fx.fails(
+            &with_node(&format!("{head}    egress:\n      - to: 'fd00::/129'\n")),
+            8,
+            "longer than 128",
+        );
+    }
+
+    #[test]
+    fn bad_ips() {
+        let fx = Fixture::new();
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    ips: [10.0.0.1, 10.0.0.256]\n"),
+            7,
+            "invalid IP address `10.0.0.256`",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n    vips: [nope]\n"),
+            6,
+            "invalid IP address `nope`",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n    endpoints:\n      - ip: 1.2.3\n"),
+            7,
+            "invalid IP address `1.2.3`",
+        );
+    }
+
+    #[test]
+    fn bad_ports() {
+        let fx = Fixture::new();
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  outbound_port: 0\n",
+            4,
+            "port 0 is out of range 1..=65535",
+        );
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  outbound_port: 65536\n",
+            4,
+            "port 65536 is out of range",
+        );
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  outbound_port: http\n",
+            4,
+            "invalid port `http`",
+        );
+        fx.fails(
+            &with_node(
+                "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    egress:\n      - to: 10.0.0.0/8\n        ports: [80, 0]\n",
+            ),
+            9,
+            "port 0 is out of range",
+        );
+        fx.fails(
+            &with_node(
+                "services:\n  - name: s\n    ports:\n      - port: 99999999999999999999999\n",
+            ),
+            7,
+            "out of range",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n    ports:\n      - port: 80\n        target_port: 70000\n"),
+            8,
+            "port 70000 is out of range",
+        );
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let fx = Fixture::new();
+        fx.fails("node:\n  cgroup: $D/node\n", 2, "missing field `name`");
+        fx.fails("node:\n  name: n\n", 2, "missing field `cgroup`");
+        fx.fails("workloads: []\n", 1, "missing field `node`");
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n  - name: v\n    cgroup: $D/pods/web\n"),
+            5,
+            "missing field `cgroup`",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n    endpoints:\n      - node: n2\n"),
+            7,
+            "missing field `ip`",
+        );
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    egress:\n      - ports: [80]\n"),
+            8,
+            "missing field `to`",
+        );
+    }
+
+    #[test]
+    fn missing_paths() {
+        let fx = Fixture::new();
+        let e = fx.fails(
+            "node:\n  name: n\n  cgroup: $D/nope/cg\n",
+            3,
+            "cgroup path ",
+        );
+        let expected = format!("cgroup path {}/nope/cg does not exist", fx.root());
+        assert_eq!(e.reason(), expected);
+        assert_eq!(e.column(), Some(11));
+
+        let e = fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/pods/gone\n"),
+            6,
+            "does not exist",
+        );
+        assert_eq!(
+            e.reason(),
+            format!("cgroup path {}/pods/gone does not exist", fx.root())
+        );
+
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/netns-web\n"),
+            6,
+            "is not a directory",
+        );
+        let e = fx.fails(
+            &with_node(
+                "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    netns: $D/netns-gone\n",
+            ),
+            7,
+            "netns path ",
+        );
+        assert_eq!(
+            e.reason(),
+            format!("netns path {}/netns-gone does not exist", fx.root())
+        );
+        fx.fails(
+            "node:\n  name: n\n  cgroup: relative/dir\n",
+            3,
+            "must be absolute",
+        );
+    }
+
+    #[test]
+    fn skipped_path_checks_still_validate_the_rest() {
+        let text = "node:\n  name: n\n  cgroup: /does/not/exist\n";
+        assert!(parse(text, "t", PathChecks::Skipped).is_ok());
+        assert!(parse_str(text, "t").is_err());
+        let bad = "node:\n  name: N\n  cgroup: /does/not/exist\n";
+        assert!(parse(bad, "t", PathChecks::Skipped).is_err());
+    }
+
+    #[test]
+    fn duplicates() {
+        let fx = Fixture::new();
+        fx.fails(
+            &with_node(
+                "workloads:\n  - name: web\n    cgroup: $D/pods/web\n  - name: web\n    namespace: default\n    cgroup: $D/pods/api\n",
+            ),
+            7,
+            "duplicate workload `default/web` (first defined at line 5)",
+        );
+        fx.fails(
+            &with_node(
+                "workloads:\n  - name: web\n    cgroup: $D/pods/web\n  - name: api\n    cgroup: $D/pods/web/\n",
+            ),
+            8,
+            "is already used by workload `default/web` (line 6)",
+        );
+        fx.fails(
+            &with_node(
+                "workloads:\n  - name: a\n    cgroup: $D/pods/web\n    ips: [10.0.0.1]\n  - name: b\n    cgroup: $D/pods/api\n    ips: [10.0.0.1]\n",
+            ),
+            10,
+            "IP 10.0.0.1 is already assigned to workload `default/a`",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n  - name: s\n"),
+            6,
+            "duplicate service `default/s`",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n    ports:\n      - port: 80\n      - port: 80\n"),
+            8,
+            "duplicate service port 80",
+        );
+        fx.fails(
+            &with_node(
+                "services:\n  - name: a\n    vips: [10.96.0.1]\n    ports: [{port: 80}]\n  - name: b\n    vips: [10.96.0.1]\n    ports: [{port: 80}]\n",
+            ),
+            9,
+            "VIP 10.96.0.1 port 80 is already used by service `default/a`",
+        );
+        fx.parse(&with_node(
+            "services:\n  - name: a\n    vips: [10.96.0.1]\n    ports: [{port: 80}]\n  - name: b\n    vips: [10.96.0.1]\n    ports: [{port: 81}]\n",
+        ))
+        .expect("different ports on one VIP are fine");
+    }
+
+    #[test]
+    fn admin_address() {
+        let fx = Fixture::new();
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  admin: 0.0.0.0:15000\n",
+            4,
+            "admin address 0.0.0.0:15000 is not a loopback address",
+        );
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  admin: localhost:15000\n",
+            4,
+            "invalid admin address `localhost:15000`",
+        );
+        let cfg = fx
+            .parse("node:\n  name: n\n  cgroup: $D/node\n  admin: 127.0.0.2:1\n")
+            .expect("loopback");
+        assert_eq!(cfg.node.admin.port(), 1);
+    }
+
+    #[test]
+    fn node_names() {
+        let fx = Fixture::new();
+        for bad in ["Node1", "a_b", "''", "a/b", &"a".repeat(64)] {
+            fx.fails(
+                &format!("node:\n  cgroup: $D/node\n  name: {bad}\n"),
+                3,
+                "invalid node name",
+            );
+        }
+        fx.parse(&format!(
+            "node:\n  cgroup: $D/node\n  name: {}\n",
+            "a".repeat(63)
+        ))
+        .expect("63 characters");
+    }
+
+    #[test]
+    fn object_names() {
+        let fx = Fixture::new();
+        fx.fails(
+            &with_node("workloads:\n  - name: ''\n    cgroup: $D/pods/web\n"),
+            5,
+            "invalid workload name",
+        );
+        fx.fails(
+            &with_node("services:\n  - name: s\n    namespace: a/b\n"),
+            6,
+            "invalid namespace `a/b`",
+        );
+    }
+
+    #[test]
+    fn null_policy_is_rejected() {
+        let fx = Fixture::new();
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    egress:\n"),
+            7,
+            "write `egress: []` to deny all",
+        );
+        fx.fails(
+            &with_node("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    ingress: ~\n"),
+            7,
+            "`ingress` has no value",
+        );
+    }
+
+    #[test]
+    fn empty_and_non_mapping_documents() {
+        let fx = Fixture::new();
+        fx.fails("", 1, "the file is empty");
+        fx.fails("# nothing here\n", 2, "the file is empty");
+        fx.fails("~\n", 1, "the file is empty");
+        fx.fails(
+            "- node\n",
+            1,
+            "found a list; expected a mapping with a `node` section",
+        );
+        fx.fails("hello\n", 1, "found a single value");
+        fx.fails("node:\n", 1, "expected mapping");
+    }
+
+    #[test]
+    fn yaml_syntax_errors() {
+        let fx = Fixture::new();
+        fx.fails("node:\n  name: \"n\n  cgroup: x\n", 2, "quote");
+        fx.fails("node: {name: n\n", 1, "unclosed bracket");
+        // The syntax error on line 2 wins over the unknown key on line 1.
+        fx.fails("bogus: 1\nnode: [a\n", 2, "unclosed bracket");
+        fx.fails(
+            "node:\n  name: a\n  name: b\n  cgroup: $D/node\n",
+            3,
+            "duplicate",
+        );
+        fx.fails("node:\n\tname: x\n", 2, "tab");
+        fx.fails("a: 1\n---\nb: 2\n", 3, "multiple");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let fx = Fixture::new();
+        let e = fx.fails(
+            "node:\n  name: \"a\\nb\\e[31m\"\n  cgroup: /x\n",
+            2,
+            "invalid node name",
+        );
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
+    }
+
+    #[test]
+    fn load_file_reports_path_and_position() {
+        let fx = Fixture::new();
+        let path = fx.dir.path().join("config.yaml");
+        std::fs::write(&path, fx.text(&with_node("fast_path: true\n"))).expect("write");
+        let err = load_file(&path).expect_err("fast_path is a node key");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:4:1: unknown field `fast_path`, expected one of node, workloads, services",
+                path.display()
+            )
+        );
+        assert_eq!(err.file(), path.display().to_string());
+
+        std::fs::write(&path, fx.text(NODE)).expect("write");
+        let cfg = check_file(&path).expect("valid");
+        assert_eq!(cfg.node.name, "node1");
+    }
+
+    #[test]
+    fn load_file_read_errors() {
+        let fx = Fixture::new();
+        let path = fx.dir.path().join("missing.yaml");
+        let err = load_file(&path).expect_err("missing file");
+        assert_eq!(err.line(), None);
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("{}: cannot read: ", path.display())),
+            "{shown}"
+        );
+        assert!(err.reason().starts_with("cannot read: "));
+        assert!(matches!(err, ConfigError::Read { .. }));
+
+        let err = load_file(fx.dir.path()).expect_err("a directory");
+        assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn load_file_rejects_invalid_utf8() {
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.write_all(b"node:\n  name: a\xffb\n").expect("write");
+        let err = load_file(file.path()).expect_err("invalid UTF-8");
+        assert_eq!(err.line(), Some(2));
+        assert_eq!(err.column(), Some(10));
+        assert!(err.reason().contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn garbage_input_never_panics() {
+        let inputs = [
+            "\u{0}",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+            "&a [*a]",
+            "node: *unknown",
+            "? [a]\n: b",
+            "node: !!binary AAAA",
+            "node:\n  name: n\n  cgroup: /\n  fast_path: maybe\n",
+            "\u{feff}node: {}",
+        ];
+        for input in inputs {
+            assert!(parse_str(input, "t").is_err(), "{input:?} should fail");
+        }
+        let deep = "[".repeat(100_000);
+        assert!(parse_str(&deep, "t").is_err());
+    }
+}

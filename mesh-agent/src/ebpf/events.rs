@@ -1,0 +1,43 @@
+//! Drains connection-close events from the ring buffer into the closed-flow table.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use mesh_common::ConnEvent;
+use tokio::io::unix::AsyncFd;
+
+use crate::{flows::ClosedFlows, runtime::Shared};
+
+pub fn spawn_event_reader(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged for as long as
+    // it lives, and it lives inside the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("cannot watch the ring buffer: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                tracing::error!("ring buffer poll failed; connection events stop");
+                return;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() < std::mem::size_of::<ConnEvent>() {
+                    continue;
+                }
+                // SAFETY: the program writes exactly one ConnEvent per record; read_unaligned
+                // copes with the ring's 8-byte alignment.
+                let event: ConnEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
+                record(&shared.closed, &shared, &event);
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+fn record(closed: &ClosedFlows, shared: &Shared, event: &ConnEvent) {
+    let workload = shared.workload_name(event.stats.cgroup_id);
+    closed.push(event, workload);
+}

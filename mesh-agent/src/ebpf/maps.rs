@@ -1,0 +1,249 @@
+//! The maps the agent owns while running, and how the model is written into them.
+//!
+//! Sync is a diff: the desired entries are computed from the model, stale keys are removed and
+//! new or changed ones written, so a config change never empties a map that the kernel is
+//! reading at the same moment.
+
+use std::{collections::HashMap as StdHashMap, hash::Hash, sync::Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+use ipnet::IpNet;
+use mesh_common::{
+    ClientKey, ConnStats, OrigDst, POLICY_FIXED_BITS, PolicyKey, ServiceKey, ServiceValue, SockKey,
+    WORKLOAD_EGRESS_POLICY, WORKLOAD_INGRESS_POLICY, WorkloadValue, map_names, stat,
+};
+
+use super::addr::ip_to_bytes;
+use crate::state::State;
+
+pub struct SharedMaps {
+    services: Mutex<HashMap<MapData, ServiceKey, ServiceValue>>,
+    workloads: Mutex<HashMap<MapData, u64, WorkloadValue>>,
+    listeners: Mutex<HashMap<MapData, u64, u32>>,
+    egress: Mutex<LpmTrie<MapData, PolicyKey, u32>>,
+    ingress: Mutex<LpmTrie<MapData, PolicyKey, u32>>,
+    orig_by_client: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
+    conns: Mutex<HashMap<MapData, SockKey, ConnStats>>,
+    stats: Mutex<PerCpuArray<MapData, u64>>,
+    events: Mutex<Option<RingBuf<MapData>>>,
+}
+
+fn take(bpf: &mut Ebpf, name: &str) -> Result<Map> {
+    bpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+/// Counts of entries per map, for status and health.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct MapUsage {
+    pub services: usize,
+    pub workloads: usize,
+    pub listeners: usize,
+    pub egress_rules: usize,
+    pub ingress_rules: usize,
+    pub live_connections: usize,
+}
+
+impl SharedMaps {
+    pub fn take(bpf: &mut Ebpf) -> Result<SharedMaps> {
+        Ok(SharedMaps {
+            services: Mutex::new(HashMap::try_from(take(bpf, map_names::SERVICES)?)?),
+            workloads: Mutex::new(HashMap::try_from(take(bpf, map_names::WORKLOADS)?)?),
+            listeners: Mutex::new(HashMap::try_from(take(bpf, map_names::LISTENERS)?)?),
+            egress: Mutex::new(LpmTrie::try_from(take(bpf, map_names::EGRESS_POLICY)?)?),
+            ingress: Mutex::new(LpmTrie::try_from(take(bpf, map_names::INGRESS_POLICY)?)?),
+            orig_by_client: Mutex::new(HashMap::try_from(take(
+                bpf,
+                map_names::ORIG_DST_BY_CLIENT,
+            )?)?),
+            conns: Mutex::new(HashMap::try_from(take(bpf, map_names::CONNS)?)?),
+            stats: Mutex::new(PerCpuArray::try_from(take(bpf, map_names::STATS)?)?),
+            events: Mutex::new(Some(RingBuf::try_from(take(bpf, map_names::EVENTS)?)?)),
+        })
+    }
+
+    pub fn take_events(&self) -> Option<RingBuf<MapData>> {
+        self.events.lock().ok()?.take()
+    }
+
+    /// Writes the model (services, workloads, policies) and the agent's listeners into the maps.
+    pub fn sync(&self, state: &State, listeners: &[(u64, u16)]) -> Result<()> {
+        let mut services = StdHashMap::new();
+        for (addr, dest) in &state.destinations {
+            let key = ServiceKey {
+                ip: ip_to_bytes(addr.ip()),
+                port: addr.port(),
+                _pad: 0,
+            };
+            services.insert(
+                key,
+                ServiceValue {
+                    service_id: dest.service_id,
+                    flags: 0,
+                },
+            );
+        }
+        let mut workloads = StdHashMap::new();
+        let mut egress = StdHashMap::new();
+        let mut ingress = StdHashMap::new();
+        for w in &state.workloads {
+            let mut flags = 0;
+            if let Some(rules) = &w.egress {
+                flags |= WORKLOAD_EGRESS_POLICY;
+                for (i, r) in rules.iter().enumerate() {
+                    add_rule(&mut egress, w.cgroup_id, &r.ports, r.to, i as u32);
+                }
+            }
+            if let Some(rules) = &w.ingress {
+                flags |= WORKLOAD_INGRESS_POLICY;
+                for (i, r) in rules.iter().enumerate() {
+                    add_rule(&mut ingress, w.cgroup_id, &r.ports, r.from, i as u32);
+                }
+            }
+            workloads.insert(
+                w.cgroup_id,
+                WorkloadValue {
+                    workload_id: w.id,
+                    flags,
+                },
+            );
+        }
+        let listeners: StdHashMap<u64, u32> =
+            listeners.iter().map(|(c, p)| (*c, u32::from(*p))).collect();
+        // Order matters for a consistent kernel view: policy before the workloads that point to
+        // it, listeners before the services that make connect4 redirect to them.
+        sync_lpm(&self.egress, egress).context("egress policy map")?;
+        sync_lpm(&self.ingress, ingress).context("ingress policy map")?;
+        sync_hash(&self.workloads, workloads).context("workload map")?;
+        sync_hash(&self.listeners, listeners).context("listener map")?;
+        sync_hash(&self.services, services).context("service map")?;
+        Ok(())
+    }
+
+    /// The original destination of a connection the agent accepted, consumed on read.
+    pub fn take_orig_dst(&self, key: &ClientKey) -> Option<OrigDst> {
+        let mut map = self.orig_by_client.lock().ok()?;
+        let value = map.get(key, 0).ok()?;
+        let _ = map.remove(key);
+        Some(value)
+    }
+
+    /// Live connections with their current counters.
+    pub fn live_connections(&self) -> Vec<(SockKey, ConnStats)> {
+        let Ok(map) = self.conns.lock() else {
+            return Vec::new();
+        };
+        map.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Node-wide counters summed over CPUs, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let Ok(map) = self.stats.lock() else {
+            return Vec::new();
+        };
+        (0..stat::COUNT)
+            .map(|i| {
+                let total = map
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                    .unwrap_or(0);
+                (stat::NAMES[i as usize], total)
+            })
+            .collect()
+    }
+
+    pub fn usage(&self) -> MapUsage {
+        fn count<K: Pod, V: Pod>(m: &Mutex<HashMap<MapData, K, V>>) -> usize {
+            m.lock().map(|m| m.keys().count()).unwrap_or(0)
+        }
+        fn count_lpm(m: &Mutex<LpmTrie<MapData, PolicyKey, u32>>) -> usize {
+            m.lock().map(|m| m.keys().count()).unwrap_or(0)
+        }
+        MapUsage {
+            services: count(&self.services),
+            workloads: count(&self.workloads),
+            listeners: count(&self.listeners),
+            egress_rules: count_lpm(&self.egress),
+            ingress_rules: count_lpm(&self.ingress),
+            live_connections: count(&self.conns),
+        }
+    }
+}
+
+/// One LPM entry per (port, prefix); no ports means any port (port 0 in the key).
+fn add_rule(
+    out: &mut StdHashMap<(PolicyKey, u32), u32>,
+    cgroup_id: u64,
+    ports: &[u16],
+    net: IpNet,
+    rule: u32,
+) {
+    let ip = ip_to_bytes(net.network());
+    let prefix = match net {
+        IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    let ports: Vec<u16> = if ports.is_empty() {
+        vec![0]
+    } else {
+        ports.to_vec()
+    };
+    for port in ports {
+        let key = PolicyKey {
+            cgroup_id,
+            port_be: port.to_be(),
+            _pad: 0,
+            ip,
+            _tail: 0,
+        };
+        out.insert((key, POLICY_FIXED_BITS + prefix), rule);
+    }
+}
+
+fn sync_hash<K, V>(map: &Mutex<HashMap<MapData, K, V>>, desired: StdHashMap<K, V>) -> Result<()>
+where
+    K: Pod + Eq + Hash,
+    V: Pod + PartialEq,
+{
+    let mut map = map.lock().map_err(|_| anyhow!("map lock poisoned"))?;
+    let existing: Vec<K> = map.keys().filter_map(|k| k.ok()).collect();
+    for key in existing {
+        if !desired.contains_key(&key) {
+            ignore_missing(map.remove(&key))?;
+        }
+    }
+    for (key, value) in desired {
+        if map.get(&key, 0).ok().as_ref() != Some(&value) {
+            map.insert(key, value, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_lpm(
+    map: &Mutex<LpmTrie<MapData, PolicyKey, u32>>,
+    desired: StdHashMap<(PolicyKey, u32), u32>,
+) -> Result<()> {
+    let mut map = map.lock().map_err(|_| anyhow!("map lock poisoned"))?;
+    let existing: Vec<Key<PolicyKey>> = map.keys().filter_map(|k| k.ok()).collect();
+    for key in existing {
+        if !desired.contains_key(&(key.data(), key.prefix_len())) {
+            ignore_missing(map.remove(&key))?;
+        }
+    }
+    for ((data, prefix), rule) in desired {
+        map.insert(&Key::new(prefix, data), rule, 0)?;
+    }
+    Ok(())
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

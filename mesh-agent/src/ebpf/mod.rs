@@ -1,0 +1,12 @@
+//! The kernel side of the agent: probe, load, attach, pin, fill maps, read events.
+
+mod addr;
+mod events;
+mod load;
+mod maps;
+mod probe;
+
+pub use addr::{bytes_to_ip, ip_to_bytes};
+pub use events::spawn_event_reader;
+pub use load::{DataPath, remove_pins};
+pub use maps::SharedMaps;

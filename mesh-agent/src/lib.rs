@@ -1,0 +1,16 @@
+//! mesh-agent: one agent per node of a sidecarless service mesh.
+//!
+//! The binary (`main.rs`) is a thin CLI over these modules; end-to-end tests and tools use the
+//! library for shared types such as flow records and config.
+
+pub mod admin;
+pub mod admin_client;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod ebpf;
+pub mod flows;
+pub mod netns;
+pub mod proxy;
+pub mod runtime;
+pub mod state;

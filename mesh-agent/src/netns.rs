@@ -1,0 +1,63 @@
+//! Sockets opened inside another network namespace.
+//!
+//! The agent listens for redirected connections inside each enrolled pod's own network
+//! namespace (ztunnel's in-pod model): a socket belongs to the namespace it was created in,
+//! whatever thread later uses it, so a short-lived thread enters the pod namespace, binds,
+//! and hands the socket back. This keeps 127.0.0.1:15001 unreachable from outside the pod and
+//! tells the agent which pod a connection came from by which listener accepted it.
+
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use nix::sched::{CloneFlags, setns};
+
+/// Binds a TCP listener on `addr` inside the network namespace at `netns` (None = ours).
+pub fn listen_in(netns: Option<&Path>, addr: SocketAddr) -> Result<TcpListener> {
+    let Some(netns) = netns else {
+        return bind_listener(addr);
+    };
+    let file = File::open(netns)
+        .with_context(|| format!("cannot open network namespace {}", netns.display()))?;
+    let label = netns.display().to_string();
+    // The thread is thrown away afterwards, so its namespace switch never leaks elsewhere.
+    std::thread::spawn(move || -> Result<TcpListener> {
+        setns(&file, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot enter network namespace {label}"))?;
+        bind_listener(addr)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
+}
+
+fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The kernel's cookie of the network namespace a socket lives in (SO_NETNS_COOKIE), the same
+/// value bpf_get_netns_cookie() returns to the programs.
+pub fn netns_cookie(socket: &impl AsRawFd) -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointer and length for a u64 option.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}

@@ -1,0 +1,204 @@
+//! `mesh-agent run`: wires the kernel data path, the model, the proxy and the admin server
+//! together and runs until SIGTERM/SIGINT, then detaches everything it attached.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64},
+    },
+};
+
+use anyhow::{Context, Result};
+use mesh_common::AgentConfig;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    admin, cgroup,
+    config::Config,
+    ebpf::{self, DataPath, SharedMaps},
+    flows::{ClosedFlows, FlowRecord},
+    netns, proxy,
+    state::State,
+};
+
+#[derive(Default, Serialize)]
+pub struct ProxyStats {
+    pub accepted: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+/// What every task of the running agent shares.
+pub struct Shared {
+    state: RwLock<Arc<State>>,
+    pub maps: SharedMaps,
+    pub closed: ClosedFlows,
+    pub proxy_stats: ProxyStats,
+    pub ready: AtomicBool,
+    pub programs: Vec<String>,
+    pub listeners: Vec<ListenerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerInfo {
+    pub netns: Option<PathBuf>,
+    pub netns_cookie: u64,
+    pub address: SocketAddr,
+}
+
+impl Shared {
+    pub fn state(&self) -> Arc<State> {
+        self.state
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    pub fn workload_name(&self, cgroup_id: u64) -> Option<String> {
+        if cgroup_id == 0 {
+            return None;
+        }
+        let state = self.state();
+        state
+            .workload_by_cgroup(cgroup_id)
+            .map(|w| format!("{}/{}", w.namespace, w.name))
+    }
+
+    /// Live connections (from the kernel) followed by recently closed ones.
+    pub fn flows(&self) -> Vec<FlowRecord> {
+        let mut records: Vec<FlowRecord> = self
+            .maps
+            .live_connections()
+            .iter()
+            .map(|(k, s)| FlowRecord::from_kernel(k, s, None, self.workload_name(s.cgroup_id)))
+            .collect();
+        records.extend(self.closed.snapshot());
+        records
+    }
+
+    pub fn kernel_counters(&self) -> BTreeMap<&'static str, u64> {
+        self.maps.counters().into_iter().collect()
+    }
+}
+
+/// Opens the outbound listener in the host namespace and in every pod namespace.
+fn open_listeners(state: &State) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
+    let port = state.node.outbound_port;
+    let mut namespaces: Vec<Option<PathBuf>> = vec![None];
+    for w in &state.workloads {
+        if w.netns.is_some() && !namespaces.contains(&w.netns) {
+            namespaces.push(w.netns.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let listener = netns::listen_in(ns.as_deref(), v4)?;
+        let cookie = netns::netns_cookie(&listener)?;
+        out.push((
+            listener,
+            ListenerInfo {
+                netns: ns.clone(),
+                netns_cookie: cookie,
+                address: v4,
+            },
+        ));
+        // IPv6 loopback may be disabled in a namespace; IPv4 redirect still works then.
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
+        match netns::listen_in(ns.as_deref(), v6) {
+            Ok(listener) => out.push((
+                listener,
+                ListenerInfo {
+                    netns: ns.clone(),
+                    netns_cookie: cookie,
+                    address: v6,
+                },
+            )),
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "no IPv6 outbound listener"),
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let state = State::build(config)?;
+    let node = state.node.clone();
+    let agent_cgroup = cgroup::own_cgroup()?;
+    let agent_cgroup_id = cgroup::cgroup_id(&agent_cgroup)?;
+    if state
+        .workloads
+        .iter()
+        .any(|w| w.cgroup_id == agent_cgroup_id)
+    {
+        anyhow::bail!(
+            "the agent runs in the cgroup of a workload ({}); run it in a cgroup of its own",
+            agent_cgroup.display()
+        );
+    }
+    let mut datapath = DataPath::start(
+        &node.cgroup,
+        &node.pin_dir(),
+        AgentConfig {
+            agent_cgroup_id,
+            outbound_port: node.outbound_port,
+            fast_path: u8::from(node.fast_path),
+            _pad: [0; 5],
+        },
+    )?;
+    let maps = datapath.shared_maps()?;
+    let listeners = open_listeners(&state).context("cannot open outbound listeners")?;
+    let cookies: Vec<(u64, u16)> = listeners
+        .iter()
+        .map(|(_, info)| (info.netns_cookie, node.outbound_port))
+        .collect();
+    maps.sync(&state, &cookies)
+        .context("cannot write the model into the kernel maps")?;
+    let events = maps.take_events();
+    let shared = Arc::new(Shared {
+        state: RwLock::new(Arc::new(state)),
+        maps,
+        closed: ClosedFlows::default(),
+        proxy_stats: ProxyStats::default(),
+        ready: AtomicBool::new(false),
+        programs: datapath.program_names(),
+        listeners: listeners.iter().map(|(_, i)| i.clone()).collect(),
+    });
+    if let Some(ring) = events {
+        ebpf::spawn_event_reader(ring, shared.clone())?;
+    }
+    for (listener, info) in listeners {
+        proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
+    }
+    admin::spawn(node.admin, shared.clone()).await?;
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        node = %node.name,
+        cgroup = %node.cgroup.display(),
+        pin_dir = %node.pin_dir().display(),
+        agent_cgroup = %agent_cgroup.display(),
+        "mesh-agent ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: detaching and exiting"),
+        _ = int.recv() => tracing::info!("SIGINT: detaching and exiting"),
+    }
+    shared
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // Dropping the data path closes every link: nothing of ours stays attached. Pinned maps
+    // stay for the next start.
+    drop(datapath);
+    tracing::info!("all programs detached");
+    Ok(())
+}

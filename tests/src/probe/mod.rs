@@ -1,0 +1,38 @@
+//! Logic of the `mesh-probe` test workload: small synchronous TCP servers and
+//! clients whose results are JSON lines on stdout.
+
+mod bulk;
+pub mod cli;
+mod connect;
+pub mod datagen;
+mod handlers;
+pub mod output;
+mod rr;
+mod server;
+pub mod stats;
+mod transfer;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+pub use cli::{Cli, Command};
+
+/// Runs a subcommand. `Ok(false)` means it ran but the outcome was negative
+/// (connect refused, stream corrupted, ...) and was already printed; `Err`
+/// means it could not run at all. Servers only return on error.
+pub fn run(cli: &Cli) -> Result<bool> {
+    match &cli.command {
+        Command::HttpServer(a) => {
+            let body: Arc<str> = format!("{}\n", a.reply).into();
+            server::serve(&a.server, move |s| handlers::http(s, &body))?;
+            Ok(true)
+        }
+        Command::EchoServer(a) => server::serve(&a.server, handlers::echo).map(|()| true),
+        Command::SinkServer(a) => server::serve(&a.server, handlers::sink).map(|()| true),
+        Command::Transfer(a) => transfer::run(a),
+        Command::Connect(a) => Ok(connect::run(a)),
+        Command::Rr(a) => rr::run(a),
+        Command::Bulk(a) => bulk::run(a),
+    }
+}

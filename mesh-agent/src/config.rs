@@ -311,7 +311,7 @@ fn builtin_default() -> Config {
             bpffs: PathBuf::from(DEFAULT_BPFFS),
             outbound_port: DEFAULT_OUTBOUND_PORT,
             admin: DEFAULT_ADMIN,
-            fast_path: true,
+            fast_path: false,
         },
         workloads: Vec::new(),
         services: Vec::new(),
@@ -629,7 +629,7 @@ impl Checker<'_> {
             bpffs,
             outbound_port,
             admin,
-            fast_path: raw.fast_path.unwrap_or(true),
+            fast_path: raw.fast_path.unwrap_or(false),
         })
     }
 

@@ -5,5 +5,6 @@
 //! The probe logic lives in the library (not in the binary) so that argument
 //! parsing, statistics and the data generator can be unit-tested without root.
 
+pub mod mesh;
 pub mod probe;
 pub mod sim;

@@ -1,1 +1,76 @@
-fn main() {}
+//! Developer tasks for the mesh workspace: `cargo xtask <setup|build|test|demo|bench>`.
+
+mod bench;
+mod cmd;
+mod demo;
+mod setup;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for mesh-agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (Debian packages, eBPF toolchain, bpf-linker, bpffs).
+    Setup,
+    /// Setup, then build the release binaries of the workspace (the agent embeds the eBPF code).
+    Build,
+    /// Setup, build, then run every test (including privileged end-to-end tests), clippy and
+    /// rustfmt; fails if any of them fails.
+    Test,
+    /// Two simulated nodes with real namespaces and cgroups, agents, traffic, the flow table.
+    Demo,
+    /// Performance comparisons on simulated nodes (direct, kernel path only, through the agent).
+    Bench {
+        /// Benchmark suite: l4.
+        suite: String,
+        /// One JSON object per result instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let workspace = workspace_root();
+    cmd::cargo_bin_on_path();
+    match command {
+        Command::Setup => setup::run(&workspace),
+        Command::Build => tasks::build(&workspace).map(drop),
+        Command::Test => tasks::test(&workspace),
+        Command::Demo => {
+            tasks::build(&workspace)?;
+            demo::run()
+        }
+        Command::Bench { suite, json } => {
+            tasks::build(&workspace)?;
+            bench::run(&suite, json)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}

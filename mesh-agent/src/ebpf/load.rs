@@ -39,6 +39,7 @@ impl DataPath {
     /// Probes the kernel, loads the programs with maps pinned under `pin_dir`, writes the
     /// node-wide config and attaches everything to `cgroup`.
     pub fn start(cgroup: &Path, pin_dir: &Path, config: AgentConfig) -> Result<DataPath> {
+        probe::require_root()?;
         let root = bpffs_root(pin_dir);
         probe::ensure_bpffs(&root)?;
         probe::check(cgroup, &root)?;

@@ -11,12 +11,6 @@ use crate::cgroup;
 /// Everything the agent needs; the error lists every missing piece at once.
 pub fn check(node_cgroup: &Path, bpffs: &Path) -> Result<()> {
     let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "mesh-agent must run as root (it needs CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and \
-             CAP_PERFMON to load and attach eBPF programs); run it with sudo"
-        );
-    }
     if !cgroup::is_cgroup2_dir(node_cgroup) {
         missing.push(format!(
             "node cgroup {} is not a cgroup v2 directory (programs attach to cgroup v2 only)",
@@ -70,6 +64,17 @@ pub fn check(node_cgroup: &Path, bpffs: &Path) -> Result<()> {
             missing.join("; ")
         )
     }
+}
+
+/// First check of all: without root nothing else can even be probed.
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "mesh-agent must run as root (it needs CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and \
+             CAP_PERFMON to load and attach eBPF programs); run it with sudo"
+        );
+    }
+    Ok(())
 }
 
 pub fn is_bpffs(path: &Path) -> bool {

@@ -1,0 +1,337 @@
+//! A small mesh on simulated nodes: two nodes, workloads, services, and one real mesh-agent per
+//! node. Shared by the end-to-end tests, `cargo xtask demo` and `cargo xtask bench`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::sim::{Placement, Proc, Sim, WorkloadHandle};
+
+/// Paths of the binaries the mesh runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub probe: PathBuf,
+}
+
+impl Binaries {
+    /// The agent comes from MESH_AGENT_BIN, else from the workspace target directory (release
+    /// first); the probe path is given by the caller (tests use CARGO_BIN_EXE_mesh-probe).
+    pub fn locate(probe: impl Into<PathBuf>) -> Result<Binaries> {
+        let probe = probe.into();
+        if let Ok(agent) = std::env::var("MESH_AGENT_BIN") {
+            return Ok(Binaries {
+                agent: agent.into(),
+                probe,
+            });
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        for profile in ["release", "debug"] {
+            let agent = target.join(profile).join("mesh-agent");
+            if agent.exists() {
+                return Ok(Binaries { agent, probe });
+            }
+        }
+        bail!(
+            "mesh-agent binary not found: build it (cargo build --release -p mesh-agent) or set \
+             MESH_AGENT_BIN"
+        )
+    }
+}
+
+/// A meshed service: VIP:port forwarded to `target_port` of the named workloads.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub target_port: u16,
+    pub endpoints: Vec<String>,
+}
+
+/// L4 allow rules of a workload: (CIDR, ports; empty = any).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySpec {
+    pub egress: Option<Vec<(String, Vec<u16>)>>,
+    pub ingress: Option<Vec<(String, Vec<u16>)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    pub services: Vec<ServiceSpec>,
+    pub policies: BTreeMap<String, PolicySpec>,
+    pub fast_path: bool,
+}
+
+impl Default for MeshSpec {
+    fn default() -> Self {
+        MeshSpec {
+            services: Vec::new(),
+            policies: BTreeMap::new(),
+            // Off by default like the agent (see the README on the sockmap EAGAIN quirk).
+            fast_path: false,
+        }
+    }
+}
+
+/// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
+/// makes them slower and noisier, so they take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub struct Mesh {
+    agents: BTreeMap<String, Proc>,
+    pub bins: Binaries,
+    pub sim: Sim,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Mesh {
+    /// Two nodes ("node1", "node2") and no workloads yet.
+    pub fn new(tag: &str, bins: Binaries) -> Result<Mesh> {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        crate::sim::require_privileges()?;
+        let mut sim = Sim::new(tag)?;
+        sim.add_node("node1")?;
+        sim.add_node("node2")?;
+        Ok(Mesh {
+            agents: BTreeMap::new(),
+            bins,
+            sim,
+            _turn: turn,
+        })
+    }
+
+    pub fn pin_root(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf").join(self.sim.prefix())
+    }
+
+    pub fn workload(&self, name: &str) -> &WorkloadHandle {
+        self.sim.workload(name)
+    }
+
+    /// The agent config of one node: its workloads and every service of the cluster.
+    pub fn render_config(&self, node: &str, spec: &MeshSpec) -> String {
+        let n = self.sim.node(node);
+        let mut y = String::new();
+        let _ = writeln!(y, "node:");
+        let _ = writeln!(y, "  name: {node}");
+        let _ = writeln!(y, "  cgroup: {}", n.cgroup.display());
+        let _ = writeln!(y, "  bpffs: {}", self.pin_root().display());
+        let _ = writeln!(y, "  fast_path: {}", spec.fast_path);
+        let _ = writeln!(y, "workloads:");
+        for w in self.sim.workloads().iter().filter(|w| w.node == node) {
+            let _ = writeln!(y, "  - name: {}", w.name);
+            let _ = writeln!(y, "    cgroup: {}", w.cgroup.display());
+            if w.is_pod {
+                let _ = writeln!(y, "    netns: {}", w.netns_path.display());
+            }
+            let _ = writeln!(y, "    ips: [{}]", w.ip);
+            if let Some(policy) = spec.policies.get(&w.name) {
+                for (key, rules, field) in [
+                    ("egress", &policy.egress, "to"),
+                    ("ingress", &policy.ingress, "from"),
+                ] {
+                    if let Some(rules) = rules {
+                        if rules.is_empty() {
+                            let _ = writeln!(y, "    {key}: []");
+                            continue;
+                        }
+                        let _ = writeln!(y, "    {key}:");
+                        for (cidr, ports) in rules {
+                            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                            let _ = writeln!(y, "      - {field}: {cidr}");
+                            let _ = writeln!(y, "        ports: [{}]", ports.join(", "));
+                        }
+                    }
+                }
+            }
+        }
+        let _ = writeln!(y, "services:");
+        for s in &spec.services {
+            let _ = writeln!(y, "  - name: {}", s.name);
+            let _ = writeln!(y, "    vips: [{}]", s.vip);
+            let _ = writeln!(y, "    ports:");
+            let _ = writeln!(y, "      - port: {}", s.port);
+            let _ = writeln!(y, "        target_port: {}", s.target_port);
+            let _ = writeln!(y, "    endpoints:");
+            for e in &s.endpoints {
+                let w = self.sim.workload(e);
+                let _ = writeln!(y, "      - ip: {}", w.ip);
+                let _ = writeln!(y, "        node: {}", w.node);
+                let _ = writeln!(y, "        workload: {}", w.name);
+            }
+        }
+        y
+    }
+
+    /// Writes the node's config and starts its agent; returns once it reports ready.
+    pub fn start_agent(&mut self, node: &str, spec: &MeshSpec) -> Result<()> {
+        let path = self.sim.dir().join(format!("{node}.yaml"));
+        std::fs::write(&path, self.render_config(node, spec))
+            .with_context(|| format!("write {}", path.display()))?;
+        let placement = self.sim.node(node).agent_placement();
+        let path = path.display().to_string();
+        let agent = self.bins.agent.clone();
+        let mut proc = self.sim.spawn(
+            &placement,
+            &agent,
+            [
+                "--log",
+                "info,mesh_agent=debug",
+                "run",
+                "--config",
+                path.as_str(),
+            ],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if proc.stderr().contains("mesh-agent ready") {
+                break;
+            }
+            if let Some(status) = proc.try_wait()? {
+                bail!("agent on {node} exited with {status}:\n{}", proc.logs());
+            }
+            if Instant::now() > deadline {
+                bail!("agent on {node} not ready after 20 s:\n{}", proc.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.agents.insert(node.to_string(), proc);
+        Ok(())
+    }
+
+    /// SIGTERM to the node's agent; returns its exit status.
+    pub fn stop_agent(&mut self, node: &str) -> Result<ExitStatus> {
+        let mut proc = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent running on {node}"))?;
+        proc.kill()
+    }
+
+    pub fn agent_logs(&self, node: &str) -> String {
+        self.agents.get(node).map(Proc::logs).unwrap_or_default()
+    }
+
+    /// Runs a command inside a workload (cgroup, then netns) and returns its output.
+    pub fn run_in(
+        &self,
+        workload: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<std::process::Output> {
+        self.sim
+            .run(&self.sim.workload(workload).placement(), program, args)
+    }
+
+    /// Runs mesh-probe in a workload and parses its last JSON line.
+    pub fn probe(&self, workload: &str, args: &[&str]) -> Result<Value> {
+        let out = self.sim.run(
+            &self.sim.workload(workload).placement(),
+            &self.bins.probe,
+            args,
+        )?;
+        parse_last_json(&out.stdout).with_context(|| {
+            format!(
+                "mesh-probe {args:?} in {workload}: status {}, stderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Starts a long-running mesh-probe server in a workload; waits until it listens.
+    pub fn serve(&self, workload: &str, args: &[&str]) -> Result<Proc> {
+        let mut proc = self.sim.spawn(
+            &self.sim.workload(workload).placement(),
+            &self.bins.probe,
+            args,
+        )?;
+        proc.wait_for_stdout("listening", Duration::from_secs(10))?;
+        Ok(proc)
+    }
+
+    /// GET a path of the node agent's admin API (from the node namespace, outside the mesh).
+    pub fn admin(&self, node: &str, path: &str) -> Result<Value> {
+        let url = format!("http://127.0.0.1:15000{path}");
+        let out = self
+            .sim
+            .exec_in_node(node, "curl", ["-sS", "-m", "5", url.as_str()])?;
+        if !out.status.success() {
+            bail!(
+                "curl {url} on {node}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| format!("JSON from {url}"))
+    }
+
+    pub fn flows(&self, node: &str) -> Result<Vec<Value>> {
+        match self.admin(node, "/flows")? {
+            Value::Array(v) => Ok(v),
+            other => bail!("/flows is not a list: {other}"),
+        }
+    }
+
+    /// Polls the node's flow table until a flow matches, e.g. a closed one with a given local
+    /// address (close events arrive asynchronously through the ring buffer).
+    pub fn wait_for_flow(
+        &self,
+        node: &str,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let flows = self.flows(node)?;
+            if let Some(f) = flows.iter().find(|f| matches(f)) {
+                return Ok(f.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("no matching flow on {node} within {timeout:?}; flows: {flows:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A kernel counter of the node (see /stats "kernel").
+    pub fn kernel_counter(&self, node: &str, name: &str) -> Result<u64> {
+        self.admin(node, "/stats")?["kernel"][name]
+            .as_u64()
+            .with_context(|| format!("counter {name} missing"))
+    }
+
+    pub fn placement(&self, workload: &str) -> Placement {
+        self.sim.workload(workload).placement()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        // Agents first (SIGTERM, so they detach cleanly), then the pinned maps, then the sim.
+        for (_, mut proc) in std::mem::take(&mut self.agents) {
+            let _ = proc.kill();
+        }
+        let _ = std::fs::remove_dir_all(self.pin_root());
+    }
+}
+
+/// The last line of output that parses as JSON.
+pub fn parse_last_json(stdout: &[u8]) -> Result<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .context("no JSON line in output")
+}

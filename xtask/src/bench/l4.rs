@@ -1,0 +1,485 @@
+//! The `l4` suite: what the mesh costs a plain TCP connection between pods on two nodes.
+//!
+//! Scenarios, always client pod "client" on node1 and server pod "server" on node2:
+//! - direct: no agents, so no eBPF program is attached; the client dials the server pod IP.
+//! - kernel-path: agents on both nodes (connect4 policy, sock_ops counting, sk_msg and ingress
+//!   programs attached); the client dials a server port that no service covers. The agent
+//!   treats every service endpoint (ip:target_port) as meshed too, so the server listens on
+//!   extra, unmeshed ports for this; no redirect, no userspace hop.
+//! - mesh: the client dials a service VIP; connect4 redirects to node1's agent, which relays
+//!   to the server pod on node2.
+//!
+//! Direct and kernel-path use the very same server processes and ports, so they differ only in
+//! the attached programs. Stopping an agent detaches its programs, so the agents are stopped for
+//! `direct` and started again for the other two, for every metric of every round: the three
+//! scenarios of a metric then run back to back and share the machine's momentary load (this is
+//! a 2-core VM shared with other work). Each number is the median of `ROUNDS` rounds. Every run
+//! also checks, from node1's proxy counters, that it really took the path it claims to measure.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context, Result, bail, ensure};
+use mesh_tests::mesh::{Mesh, MeshSpec, ServiceSpec};
+use mesh_tests::sim::Proc;
+use serde_json::{Value, json};
+
+const ROUNDS: usize = 3;
+const RR_COUNT: &str = "20000";
+const RR_WARMUP: &str = "1000";
+const BULK_SECONDS: &str = "5";
+
+/// Ports the services forward to (meshed when dialled directly, too).
+const ECHO_MESHED: u16 = 9000;
+const SINK_MESHED: u16 = 9001;
+/// Ports no service covers: direct and kernel-path dial these.
+const ECHO_PLAIN: u16 = 9100;
+const SINK_PLAIN: u16 = 9101;
+const ECHO_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), ECHO_MESHED);
+const SINK_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 31), SINK_MESHED);
+
+/// Kernel-path goals: latency ratio at most this, throughput ratio at least `THROUGHPUT_GOAL`.
+const LATENCY_GOAL: f64 = 1.05;
+const THROUGHPUT_GOAL: f64 = 0.95;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    Direct,
+    KernelPath,
+    Mesh,
+}
+
+const SCENARIOS: [Scenario; 3] = [Scenario::Direct, Scenario::KernelPath, Scenario::Mesh];
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scenario::Direct => "direct",
+            Scenario::KernelPath => "kernel-path",
+            Scenario::Mesh => "mesh",
+        })
+    }
+}
+
+/// One probe run; an rr run yields two metrics (p50 and p99 of the same samples).
+#[derive(Clone, Copy)]
+enum Test {
+    Rr {
+        size: usize,
+        p50: &'static str,
+        p99: &'static str,
+    },
+    Bulk,
+}
+
+const TESTS: [Test; 3] = [
+    Test::Rr {
+        size: 1,
+        p50: "rr_1b_p50",
+        p99: "rr_1b_p99",
+    },
+    Test::Rr {
+        size: 1024,
+        p50: "rr_1k_p50",
+        p99: "rr_1k_p99",
+    },
+    Test::Bulk,
+];
+
+impl fmt::Display for Test {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Test::Rr { size, .. } => write!(f, "rr {size} B"),
+            Test::Bulk => write!(f, "bulk {BULK_SECONDS} s"),
+        }
+    }
+}
+
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+}
+
+const METRICS: [Metric; 5] = [
+    latency("rr_1b_p50"),
+    latency("rr_1b_p99"),
+    latency("rr_1k_p50"),
+    latency("rr_1k_p99"),
+    Metric {
+        name: "bulk",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+];
+
+const fn latency(name: &'static str) -> Metric {
+    Metric {
+        name,
+        unit: "us",
+        higher_is_better: false,
+    }
+}
+
+impl Metric {
+    fn goal(&self) -> String {
+        if self.higher_is_better {
+            format!(">= {THROUGHPUT_GOAL}")
+        } else {
+            format!("<= {LATENCY_GOAL}")
+        }
+    }
+
+    fn meets_goal(&self, ratio: f64) -> bool {
+        if self.higher_is_better {
+            ratio >= THROUGHPUT_GOAL
+        } else {
+            ratio <= LATENCY_GOAL
+        }
+    }
+}
+
+/// Every sample of every (metric, scenario), one per round.
+type Samples = BTreeMap<(&'static str, Scenario), Vec<f64>>;
+
+pub fn run(json: bool) -> Result<()> {
+    let mut bench = Bench::setup()?;
+    let samples = bench.measure()?;
+    // Tear the nodes down before printing: the results do not depend on them.
+    drop(bench);
+    let rows = rows(&samples)?;
+    if json {
+        print_json(&rows);
+        // Goals on stderr keep stdout strictly one result object per line.
+        eprint!("{}", goals(&rows));
+    } else {
+        print!("{}", table(&rows));
+        print!("{}", goals(&rows));
+    }
+    Ok(())
+}
+
+struct Bench {
+    mesh: Mesh,
+    spec: MeshSpec,
+    agents_up: bool,
+    /// Kept only to be dropped (killed) with the bench; the sim would kill them anyway.
+    _servers: Vec<Proc>,
+}
+
+impl Bench {
+    fn setup() -> Result<Bench> {
+        eprintln!("l4 bench: setting up node1 (client pod) and node2 (server pod)");
+        let mut mesh = Mesh::new("bench", crate::bench::release_binaries()?)?;
+        mesh.sim.add_pod("node1", "client")?;
+        mesh.sim.add_pod("node2", "server")?;
+        let servers = start_servers(&mesh)?;
+        let spec = MeshSpec {
+            services: vec![
+                service("echo", ECHO_VIP, "server"),
+                service("sink", SINK_VIP, "server"),
+            ],
+            ..MeshSpec::default()
+        };
+        Ok(Bench {
+            mesh,
+            spec,
+            agents_up: false,
+            _servers: servers,
+        })
+    }
+
+    /// Rounds of: for each test, direct, kernel-path and mesh back to back.
+    fn measure(&mut self) -> Result<Samples> {
+        let mut samples = Samples::new();
+        for round in 1..=ROUNDS {
+            for test in TESTS {
+                for scenario in SCENARIOS {
+                    eprintln!("round {round}/{ROUNDS}: {test}, {scenario}");
+                    for (metric, value) in self.run_scenario(scenario, test)? {
+                        samples.entry((metric, scenario)).or_default().push(value);
+                    }
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    fn run_scenario(&mut self, scenario: Scenario, test: Test) -> Result<Vec<(&'static str, f64)>> {
+        self.set_agents(scenario != Scenario::Direct)?;
+        let before = self.proxied()?;
+        let values = self.probe(test, self.target(scenario, test))?;
+        let after = self.proxied()?;
+        check_path(scenario, before, after)?;
+        Ok(values)
+    }
+
+    fn target(&self, scenario: Scenario, test: Test) -> SocketAddrV4 {
+        let server = self.mesh.workload("server").ip;
+        match (scenario, test) {
+            (Scenario::Mesh, Test::Rr { .. }) => ECHO_VIP,
+            (Scenario::Mesh, Test::Bulk) => SINK_VIP,
+            (_, Test::Rr { .. }) => SocketAddrV4::new(server, ECHO_PLAIN),
+            (_, Test::Bulk) => SocketAddrV4::new(server, SINK_PLAIN),
+        }
+    }
+
+    /// Starts or stops both agents; stopping detaches every program of the node.
+    fn set_agents(&mut self, up: bool) -> Result<()> {
+        if up == self.agents_up {
+            return Ok(());
+        }
+        for node in ["node1", "node2"] {
+            if up {
+                self.mesh.start_agent(node, &self.spec)?;
+            } else {
+                let status = self.mesh.stop_agent(node)?;
+                ensure!(status.success(), "agent on {node} exited with {status}");
+            }
+        }
+        self.agents_up = up;
+        Ok(())
+    }
+
+    /// Connections node1's agent has accepted so far; `None` without agents.
+    fn proxied(&self) -> Result<Option<u64>> {
+        if !self.agents_up {
+            return Ok(None);
+        }
+        let stats = self.mesh.admin("node1", "/stats")?;
+        let accepted = stats["proxy"]["accepted"]
+            .as_u64()
+            .context("/stats has no proxy.accepted")?;
+        Ok(Some(accepted))
+    }
+
+    fn probe(&self, test: Test, addr: SocketAddrV4) -> Result<Vec<(&'static str, f64)>> {
+        let addr = addr.to_string();
+        match test {
+            Test::Rr { size, p50, p99 } => {
+                let size = size.to_string();
+                let v = self.mesh.probe(
+                    "client",
+                    &[
+                        "rr",
+                        "--connect",
+                        &addr,
+                        "--size",
+                        &size,
+                        "--count",
+                        RR_COUNT,
+                        "--warmup",
+                        RR_WARMUP,
+                    ],
+                )?;
+                Ok(vec![
+                    (p50, number(&v, "p50_us")?),
+                    (p99, number(&v, "p99_us")?),
+                ])
+            }
+            Test::Bulk => {
+                let v = self.mesh.probe(
+                    "client",
+                    &["bulk", "--connect", &addr, "--seconds", BULK_SECONDS],
+                )?;
+                // The sink reports what it received; anything short means data was lost.
+                ensure!(v["bytes"] == v["sent"], "bulk to {addr} lost data: {v}");
+                Ok(vec![("bulk", number(&v, "gbit_per_s")?)])
+            }
+        }
+    }
+}
+
+fn start_servers(mesh: &Mesh) -> Result<Vec<Proc>> {
+    let mut servers = Vec::new();
+    for (kind, port) in [
+        ("echo-server", ECHO_MESHED),
+        ("echo-server", ECHO_PLAIN),
+        ("sink-server", SINK_MESHED),
+        ("sink-server", SINK_PLAIN),
+    ] {
+        let listen = format!("0.0.0.0:{port}");
+        servers.push(mesh.serve("server", &[kind, "--listen", &listen])?);
+    }
+    Ok(servers)
+}
+
+fn service(name: &str, vip: SocketAddrV4, endpoint: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_string(),
+        vip: *vip.ip(),
+        port: vip.port(),
+        target_port: vip.port(),
+        endpoints: vec![endpoint.to_string()],
+    }
+}
+
+/// A run that took the wrong path would make the comparison meaningless, so it is an error.
+fn check_path(scenario: Scenario, before: Option<u64>, after: Option<u64>) -> Result<()> {
+    match (scenario, before, after) {
+        (Scenario::Direct, None, None) => Ok(()),
+        (Scenario::KernelPath, Some(b), Some(a)) => {
+            ensure!(
+                a == b,
+                "kernel-path run went through the agent ({b} -> {a} accepted)"
+            );
+            Ok(())
+        }
+        (Scenario::Mesh, Some(b), Some(a)) => {
+            ensure!(a > b, "mesh run did not go through node1's agent");
+            Ok(())
+        }
+        _ => bail!("agents in the wrong state for the {scenario} scenario"),
+    }
+}
+
+fn number(v: &Value, field: &str) -> Result<f64> {
+    v[field]
+        .as_f64()
+        .with_context(|| format!("no number {field:?} in probe output {v}"))
+}
+
+/// One compared result: a scenario's median against the direct median.
+struct Row {
+    scenario: Scenario,
+    metric: &'static Metric,
+    direct: f64,
+    value: f64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.value / self.direct
+    }
+}
+
+/// Kernel-path rows first, then mesh rows, each in `METRICS` order.
+fn rows(samples: &Samples) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for scenario in [Scenario::KernelPath, Scenario::Mesh] {
+        for metric in &METRICS {
+            rows.push(Row {
+                scenario,
+                metric,
+                direct: median_of(samples, metric.name, Scenario::Direct)?,
+                value: median_of(samples, metric.name, scenario)?,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn median_of(samples: &Samples, metric: &'static str, scenario: Scenario) -> Result<f64> {
+    let values = samples
+        .get(&(metric, scenario))
+        .with_context(|| format!("no samples of {metric} for {scenario}"))?;
+    Ok(median(values))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+/// Three decimals: beyond that it is noise, and the lines stay readable.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn print_json(rows: &[Row]) {
+    for r in rows {
+        let line = json!({
+            "scenario": r.scenario.to_string(),
+            "metric": r.metric.name,
+            "unit": r.metric.unit,
+            "direct": round3(r.direct),
+            "mesh": round3(r.value),
+            "ratio": round3(r.ratio()),
+        });
+        println!("{line}");
+    }
+}
+
+/// One line per metric: direct, then kernel-path and mesh with their ratios to direct.
+fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "l4: client pod (node1) -> server pod (node2), median of {ROUNDS} rounds\n\
+         {:<10} {:<6} {:>9} {:>12} {:>7} {:>9} {:>7}\n",
+        "metric", "unit", "direct", "kernel-path", "ratio", "mesh", "ratio"
+    );
+    for metric in &METRICS {
+        let find = |s| {
+            rows.iter()
+                .find(|r| r.scenario == s && r.metric.name == metric.name)
+        };
+        let (Some(k), Some(m)) = (find(Scenario::KernelPath), find(Scenario::Mesh)) else {
+            continue;
+        };
+        out += &format!(
+            "{:<10} {:<6} {:>9.2} {:>12.2} {:>7.3} {:>9.2} {:>7.3}\n",
+            metric.name,
+            metric.unit,
+            k.direct,
+            k.value,
+            k.ratio(),
+            m.value,
+            m.ratio()
+        );
+    }
+    out
+}
+
+/// The kernel-path goals: attaching the programs must cost at most 5 % of latency and
+/// throughput.
+fn goals(rows: &[Row]) -> String {
+    let mut out = String::from("goals (kernel-path / direct):\n");
+    for r in rows.iter().filter(|r| r.scenario == Scenario::KernelPath) {
+        let verdict = if r.metric.meets_goal(r.ratio()) {
+            "PASS"
+        } else {
+            "MISS"
+        };
+        out += &format!(
+            "  {:<10} ratio {:.3} {:<7} {verdict}\n",
+            r.metric.name,
+            r.ratio(),
+            r.metric.goal()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn goals_depend_on_direction() {
+        assert!(METRICS[0].meets_goal(1.05));
+        assert!(!METRICS[0].meets_goal(1.06));
+        assert!(METRICS[4].meets_goal(0.95));
+        assert!(!METRICS[4].meets_goal(0.94));
+    }
+
+    #[test]
+    fn wrong_path_is_an_error() {
+        assert!(check_path(Scenario::KernelPath, Some(3), Some(3)).is_ok());
+        assert!(check_path(Scenario::KernelPath, Some(3), Some(4)).is_err());
+        assert!(check_path(Scenario::Mesh, Some(3), Some(4)).is_ok());
+        assert!(check_path(Scenario::Mesh, Some(3), Some(3)).is_err());
+        assert!(check_path(Scenario::Direct, Some(3), Some(3)).is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! `build` and `test`: cargo runs over the workspace, after `setup`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, Cmd};
+use crate::setup;
+
+/// The eBPF crate builds only for bpfel-unknown-none (mesh-agent's build.rs builds it), so the
+/// host-side cargo runs leave it out.
+const EBPF_CRATE: &str = "mesh-ebpf";
+
+/// Setup, then the release binaries. Exports MESH_AGENT_BIN (absolute path of the release
+/// agent) for every later child and returns it.
+pub fn build(workspace: &Path) -> Result<PathBuf> {
+    setup::run(workspace)?;
+    let agent = agent_path(workspace)?;
+    build_step(workspace).run()?;
+    cmd::export("MESH_AGENT_BIN", &agent);
+    Ok(agent)
+}
+
+/// Setup, build, tests, clippy and rustfmt. Runs every step after a successful build and fails
+/// naming the steps that failed.
+pub fn test(workspace: &Path) -> Result<()> {
+    setup::run(workspace)?;
+    let agent = agent_path(workspace)?;
+    if let Err(e) = build_step(workspace).run() {
+        return Err(e.context("xtask test: step `build` failed"));
+    }
+    cmd::export("MESH_AGENT_BIN", &agent);
+
+    let steps = [
+        (
+            "test",
+            cargo(workspace).env("MESH_AGENT_BIN", &agent).args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+            ]),
+        ),
+        (
+            "clippy",
+            cargo(workspace).args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
+        ("fmt", cargo(workspace).args(["fmt", "--all", "--check"])),
+    ];
+    let mut failed = Vec::new();
+    for (name, step) in steps {
+        eprintln!("xtask test: step `{name}`");
+        if let Err(e) = step.run() {
+            eprintln!("xtask test: step `{name}` failed: {e:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("xtask test: failed step(s): {}", failed.join(", "));
+    }
+    println!("xtask test: ok (build, test, clippy, fmt)");
+    Ok(())
+}
+
+fn cargo(workspace: &Path) -> Cmd {
+    Cmd::cargo().current_dir(workspace)
+}
+
+fn build_step(workspace: &Path) -> Cmd {
+    cargo(workspace).args([
+        "build",
+        "--release",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--bins",
+    ])
+}
+
+/// `<target dir>/release/mesh-agent`, absolute. The target directory comes from cargo itself, so
+/// CARGO_TARGET_DIR and `build.target-dir` are respected; a relative CARGO_TARGET_DIR is made
+/// absolute for the children (they run from the workspace root).
+fn agent_path(workspace: &Path) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = std::env::current_dir()?.join(dir);
+        cmd::export("CARGO_TARGET_DIR", &dir);
+    }
+    let meta = cargo(workspace)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .read()?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&meta).context("parsing `cargo metadata` output")?;
+    let target = meta["target_directory"]
+        .as_str()
+        .context("no target_directory in `cargo metadata` output")?;
+    Ok(Path::new(target).join("release").join("mesh-agent"))
+}

@@ -67,22 +67,13 @@ pub struct PolicySpec {
     pub ingress: Option<Vec<(String, Vec<u16>)>>,
 }
 
-#[derive(Debug, Clone)]
+/// What the agents of a mesh are told. `fast_path` defaults to false, like the agent's own
+/// default (see the README on the sockmap EAGAIN quirk).
+#[derive(Debug, Clone, Default)]
 pub struct MeshSpec {
     pub services: Vec<ServiceSpec>,
     pub policies: BTreeMap<String, PolicySpec>,
     pub fast_path: bool,
-}
-
-impl Default for MeshSpec {
-    fn default() -> Self {
-        MeshSpec {
-            services: Vec::new(),
-            policies: BTreeMap::new(),
-            // Off by default like the agent (see the README on the sockmap EAGAIN quirk).
-            fast_path: false,
-        }
-    }
 }
 
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only

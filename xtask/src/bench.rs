@@ -24,15 +24,28 @@ pub fn run(suite: &str, json: bool) -> Result<()> {
 /// The agent and probe of the workspace's release build. Benchmarks and the demo use release
 /// binaries only: debug builds would measure the compiler's settings, not the mesh.
 pub(crate) fn release_binaries() -> Result<Binaries> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let probe = target.join("release").join("mesh-probe");
+    let probe = release_dir().join("mesh-probe");
     ensure!(
         probe.exists(),
-        "{} not found: run `cargo build --release --workspace --bins` first",
+        "{} not found: run `cargo build --release --workspace --exclude mesh-ebpf --bins` first",
         probe.display()
     );
     // The agent: MESH_AGENT_BIN if set, else the same target directory, release first.
     Binaries::locate(probe)
+}
+
+/// `cargo xtask` exports MESH_AGENT_BIN after its build (it asks cargo where the target directory
+/// is, so `build.target-dir` is honoured); mesh-probe sits next to the agent. Without it:
+/// CARGO_TARGET_DIR, else the workspace's `target`.
+fn release_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESH_AGENT_BIN")
+        .map(PathBuf::from)
+        .and_then(|agent| agent.parent().map(Path::to_path_buf))
+    {
+        return dir;
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("release")
 }

@@ -105,11 +105,14 @@ impl Cmd {
             .output()
             .with_context(|| format!("cannot start `{}`", self.shown))?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // RUST_BACKTRACE=1 makes rustup append a backtrace: keep only the message.
+            let message = stderr.split("Stack backtrace:").next().unwrap_or_default();
             bail!(
                 "`{}` failed ({}): {}",
                 self.shown,
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                message.trim()
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -6,6 +6,8 @@
 //!   programs attached); the client dials a server port that no service covers. The agent
 //!   treats every service endpoint (ip:target_port) as meshed too, so the server listens on
 //!   extra, unmeshed ports for this; no redirect, no userspace hop.
+//!   The sk_msg fast path stays off, as in the agent's default config; it only pairs sockets
+//!   of one node, which no kernel-path connection here has.
 //! - mesh: the client dials a service VIP; connect4 redirects to node1's agent, which relays
 //!   to the server pod on node2.
 //!
@@ -54,7 +56,8 @@ const SCENARIOS: [Scenario; 3] = [Scenario::Direct, Scenario::KernelPath, Scenar
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str: the progress lines align these with a width.
+        f.pad(match self {
             Scenario::Direct => "direct",
             Scenario::KernelPath => "kernel-path",
             Scenario::Mesh => "mesh",
@@ -89,10 +92,11 @@ const TESTS: [Test; 3] = [
 
 impl fmt::Display for Test {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Test::Rr { size, .. } => write!(f, "rr {size} B"),
-            Test::Bulk => write!(f, "bulk {BULK_SECONDS} s"),
-        }
+        let name = match self {
+            Test::Rr { size, .. } => format!("rr {size} B"),
+            Test::Bulk => format!("bulk {BULK_SECONDS} s"),
+        };
+        f.pad(&name)
     }
 }
 
@@ -196,10 +200,13 @@ impl Bench {
         for round in 1..=ROUNDS {
             for test in TESTS {
                 for scenario in SCENARIOS {
-                    eprintln!("round {round}/{ROUNDS}: {test}, {scenario}");
+                    // Every sample goes to stderr too, so the spread behind a median is visible.
+                    eprint!("round {round}/{ROUNDS}: {test:<10} {scenario:<12}");
                     for (metric, value) in self.run_scenario(scenario, test)? {
+                        eprint!(" {metric}={value:.2}");
                         samples.entry((metric, scenario)).or_default().push(value);
                     }
+                    eprintln!();
                 }
             }
         }

@@ -50,6 +50,21 @@ pub fn cleanup_stale(prefix_pattern: &str) -> Result<Vec<String>> {
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
+    // Pinned maps of agents of a crashed run (the mesh pins under /sys/fs/bpf/<prefix>).
+    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| is_stale(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in pins {
+        match std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&name)) {
+            Ok(()) => removed.push(format!("pins {name}")),
+            Err(e) => errors.push(format!("pins {name}: {e}")),
+        }
+    }
     ensure!(
         errors.is_empty(),
         "stale cleanup incomplete: {}",

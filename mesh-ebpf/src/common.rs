@@ -1,7 +1,7 @@
 //! Helpers shared by the programs: counters, config, address conversion and policy lookup.
 
 use aya_ebpf::helpers::bpf_get_current_cgroup_id;
-use mesh_common::{AgentConfig, CONFIG_INDEX, POLICY_FIXED_BITS, PolicyKey};
+use mesh_common::{AgentConfig, CONFIG_INDEX, POLICY_FIXED_BITS, PolicyKey, SockKey, is_loopback};
 
 use crate::maps::{MESH_CONFIG, MESH_STATS};
 
@@ -49,6 +49,28 @@ impl Tuple {
             mapped_v4(self.remote_ip4)
         } else {
             v6_bytes(self.remote_ip6)
+        }
+    }
+
+    /// The node-wide key of this socket. Loopback addresses only mean something inside one
+    /// network namespace, so only they carry the netns cookie (asked for lazily: it is a
+    /// helper call, and most sockets do not need it).
+    #[inline(always)]
+    pub fn sock_key(&self, netns_cookie: impl FnOnce() -> u64) -> SockKey {
+        let local_ip = self.local_ip();
+        let remote_ip = self.remote_ip();
+        let netns_cookie = if is_loopback(&local_ip) || is_loopback(&remote_ip) {
+            netns_cookie()
+        } else {
+            0
+        };
+        SockKey {
+            netns_cookie,
+            local_ip,
+            remote_ip,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            _pad: 0,
         }
     }
 }

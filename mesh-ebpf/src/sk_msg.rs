@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use mesh_common::{CONN_FAST_PATH, SockKey, is_loopback, stat};
+use mesh_common::{CONN_FAST_PATH, stat};
 
 use crate::{
     common::{AF_INET, AF_INET6, bump, config},
@@ -32,21 +32,7 @@ pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
     if tuple.family != AF_INET && tuple.family != AF_INET6 {
         return SK_PASS;
     }
-    let local_ip = tuple.local_ip();
-    let remote_ip = tuple.remote_ip();
-    let netns_cookie = if is_loopback(&local_ip) || is_loopback(&remote_ip) {
-        unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-    } else {
-        0
-    };
-    let own = SockKey {
-        netns_cookie,
-        local_ip,
-        remote_ip,
-        local_port: tuple.local_port,
-        remote_port: tuple.remote_port,
-        _pad: 0,
-    };
+    let own = tuple.sock_key(|| unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
     let mut peer = own.peer();
     if MESH_SOCKS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS) {
         bump(stat::FAST_PATH_FALLBACK, 1);

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use mesh_common::{
     CONN_ACTIVE, CONN_PASSIVE, CONN_REDIRECTED, ClientKey, ConnEvent, ConnStats, FIN_RECEIVED,
-    FIN_SENT, SockKey, is_loopback, stat,
+    FIN_SENT, SockKey, stat,
 };
 
 use crate::{
@@ -154,21 +154,7 @@ fn store_counters(stats: *mut ConnStats, c: &Counters) {
 
 #[inline(always)]
 fn sock_key(ctx: &SockOpsContext, tuple: &Tuple) -> SockKey {
-    let local_ip = tuple.local_ip();
-    let remote_ip = tuple.remote_ip();
-    let netns_cookie = if is_loopback(&local_ip) || is_loopback(&remote_ip) {
-        unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-    } else {
-        0
-    };
-    SockKey {
-        netns_cookie,
-        local_ip,
-        remote_ip,
-        local_port: tuple.local_port,
-        remote_port: tuple.remote_port,
-        _pad: 0,
-    }
+    tuple.sock_key(|| unsafe { bpf_get_netns_cookie(ctx.as_ptr()) })
 }
 
 // A separate BPF function: each op handler gets its own 512-byte stack frame.

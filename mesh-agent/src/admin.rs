@@ -1,4 +1,5 @@
-//! Admin server on 127.0.0.1:15000: /flows, /stats, /config_dump, /healthz/ready.
+//! Admin server on 127.0.0.1:15000: /flows, /stats, /config_dump, /certs, /tunnels,
+//! /healthz/ready.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
 
@@ -77,8 +78,26 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
                     "bytes_up": shared.proxy_stats.bytes_up.load(Ordering::Relaxed),
                     "bytes_down": shared.proxy_stats.bytes_down.load(Ordering::Relaxed),
                 },
+                "inbound": shared.inbound_stats,
+                "tunnel": shared.tunnels.stats,
+                "identity": {"rotations": shared.identity.rotations()},
                 "programs": shared.programs,
                 "listeners": shared.listeners,
+            }),
+        ),
+        "/certs" => json_response(
+            StatusCode::OK,
+            json!({
+                "trust_domain": shared.identity.trust_domain(),
+                "certificates": shared.identity.snapshot(),
+                "trust_bundle": shared.identity.bundle_info(),
+            }),
+        ),
+        "/tunnels" => json_response(
+            StatusCode::OK,
+            json!({
+                "outbound": shared.tunnels.sessions(),
+                "inbound": shared.inbound_sessions(),
             }),
         ),
         "/config_dump" => {
@@ -97,7 +116,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         }
         _ => json_response(
             StatusCode::NOT_FOUND,
-            json!({"error": "not found", "paths": ["/flows", "/stats", "/config_dump", "/healthz/ready"]}),
+            json!({"error": "not found", "paths": ["/flows", "/stats", "/config_dump", "/certs", "/tunnels", "/healthz/ready"]}),
         ),
     }
 }

@@ -41,6 +41,16 @@ pub enum Command {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Print the workload identities this node's agent holds: SPIFFE ID, serial, expiry and
+    /// next rotation, and the trust bundle.
+    Certs {
+        /// Admin address of the agent.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Config file tools.
     Config {
         #[command(subcommand)]

@@ -57,6 +57,17 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Certs { admin, json } => {
+            let body = tokio_runtime()?.block_on(admin_client::get(admin, "/certs"))?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+            } else {
+                let certs: serde_json::Value =
+                    serde_json::from_slice(&body).context("unexpected /certs answer")?;
+                print!("{}", certs_table(&certs));
+            }
+            Ok(())
+        }
         Command::Config { command } => match command {
             ConfigCommand::Check { file } => {
                 let config = config::check_file(&file)?;
@@ -76,6 +87,47 @@ fn dispatch(command: Command) -> Result<()> {
         },
         Command::Cleanup { pin_dir } => ebpf::remove_pins(&pin_dir),
     }
+}
+
+/// `mesh-agent certs` as a table: one line per identity, then the trust bundle.
+fn certs_table(certs: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "trust domain: {}\n{:<60} {:<34} {:<22} {:>10} {:>10}\n",
+        text(&certs["trust_domain"]),
+        "IDENTITY",
+        "SERIAL",
+        "NOT AFTER",
+        "EXPIRES IN",
+        "ROTATE IN"
+    );
+    for c in certs["certificates"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<60} {:<34} {:<22} {:>9}s {:>9}s",
+            text(&c["spiffe_id"]),
+            text(&c["serial"]),
+            text(&c["not_after"]),
+            text(&c["expires_in_seconds"]),
+            text(&c["rotate_in_seconds"]),
+        );
+    }
+    let _ = writeln!(out, "trust bundle:");
+    for root in certs["trust_bundle"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {} serial {} not after {}",
+            text(&root["subject"]),
+            text(&root["serial"]),
+            text(&root["not_after"])
+        );
+    }
+    out
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {

@@ -21,9 +21,23 @@ use crate::{
     config::Config,
     ebpf::{self, DataPath, SharedMaps},
     flows::{ClosedFlows, FlowRecord},
-    netns, proxy,
+    identity::{self, Ca, IdentityManager, PeerCert},
+    netns,
+    proxy::{self, inbound::InboundStats, tunnel::TunnelPool},
     state::State,
 };
+
+/// How many accepted tunnel sessions /tunnels remembers.
+const RECENT_INBOUND_SESSIONS: usize = 256;
+
+/// An accepted tunnel session, as shown on /tunnels.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundSession {
+    pub peer_address: SocketAddr,
+    pub peer: String,
+    pub peer_serial: String,
+    pub accepted_unix: u64,
+}
 
 #[derive(Default, Serialize)]
 pub struct ProxyStats {
@@ -43,6 +57,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub programs: Vec<String>,
     pub listeners: Vec<ListenerInfo>,
+    pub identity: Arc<IdentityManager>,
+    pub tunnels: TunnelPool,
+    pub inbound_stats: InboundStats,
+    inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +103,34 @@ impl Shared {
     pub fn kernel_counters(&self) -> BTreeMap<&'static str, u64> {
         self.maps.counters().into_iter().collect()
     }
+
+    pub fn record_inbound_session(&self, peer_address: SocketAddr, cert: &PeerCert) {
+        let mut recent = self
+            .inbound_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_INBOUND_SESSIONS {
+            recent.pop_front();
+        }
+        recent.push_back(InboundSession {
+            peer_address,
+            peer: cert.id.to_string(),
+            peer_serial: cert.serial.clone(),
+            accepted_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        });
+    }
+
+    pub fn inbound_sessions(&self) -> Vec<InboundSession> {
+        self.inbound_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Opens the outbound listener in the host namespace and in every pod namespace.
@@ -126,8 +172,32 @@ fn open_listeners(state: &State) -> Result<Vec<(std::net::TcpListener, ListenerI
     Ok(out)
 }
 
+/// The CA, and certificates for the agent and every local workload, before anything is
+/// attached: a broken CA is reported at once and leaves the node untouched.
+fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
+    let cfg = &state.config.identity;
+    let ca = Ca::load(cfg).context("cannot load the certificate authority")?;
+    let manager = Arc::new(IdentityManager::new(
+        ca,
+        cfg.trust_domain.clone(),
+        cfg.cert_lifetime,
+    ));
+    let mut ids = vec![state.agent_identity()];
+    ids.extend(state.workloads.iter().map(|w| w.identity.clone()));
+    manager
+        .ensure(&ids)
+        .context("cannot issue workload certificates")?;
+    Ok(manager)
+}
+
 pub async fn run(config: Config) -> Result<()> {
+    // Root first: without it the CA directory or key may be unreadable, and that message
+    // would hide the real problem.
+    ebpf::require_root()?;
     let state = State::build(config)?;
+    let identity = start_identity(&state)?;
+    let tunnel_tls = identity::tls::server_config(identity.clone())?;
+    let tunnel_listener = proxy::inbound::bind(state.node.tunnel_port)?;
     let node = state.node.clone();
     let agent_cgroup = cgroup::own_cgroup()?;
     let agent_cgroup_id = cgroup::cgroup_id(&agent_cgroup)?;
@@ -168,7 +238,13 @@ pub async fn run(config: Config) -> Result<()> {
         ready: AtomicBool::new(false),
         programs: datapath.program_names(),
         listeners: listeners.iter().map(|(_, i)| i.clone()).collect(),
+        tunnels: TunnelPool::new(identity.clone()),
+        identity: identity.clone(),
+        inbound_stats: InboundStats::default(),
+        inbound_sessions: Default::default(),
     });
+    identity.spawn_rotation();
+    proxy::inbound::spawn_listener(tunnel_listener, tunnel_tls, shared.clone())?;
     if let Some(ring) = events {
         ebpf::spawn_event_reader(ring, shared.clone())?;
     }

@@ -3,7 +3,7 @@
 //! read it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::{
     cgroup,
-    config::{Config, EgressRule, IngressRule, NodeConfig},
+    config::{Config, EgressRule, IngressRule, NodeConfig, PeerAuthMode},
+    identity::SpiffeId,
 };
 
 #[derive(Debug, Serialize)]
@@ -29,6 +30,37 @@ pub struct WorkloadState {
     pub ips: Vec<IpAddr>,
     pub egress: Option<Vec<EgressRule>>,
     pub ingress: Option<Vec<IngressRule>>,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub mode: PeerAuthMode,
+    /// The SPIFFE ID its certificate carries.
+    #[serde(serialize_with = "crate::state::display")]
+    pub identity: SpiffeId,
+}
+
+pub(crate) fn display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// How the agent reaches an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The endpoint runs on this node: the in-process inbound path (authorization, then a
+    /// local connection), no tunnel.
+    Local,
+    /// The endpoint runs on another node: the mTLS tunnel to that node's agent.
+    Tunnel { node: String, tunnel: SocketAddr },
+    /// The endpoint is outside the mesh: plain TCP.
+    Direct,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub via: Via,
 }
 
 /// What a meshed (address, port) means.
@@ -36,19 +68,19 @@ pub struct WorkloadState {
 pub struct Destination {
     pub service_id: u32,
     pub service: String,
-    /// Upstream addresses to pick from: all endpoints for a VIP, the endpoint itself otherwise.
-    pub upstreams: Vec<SocketAddr>,
+    /// Upstreams to pick from: all endpoints for a VIP, the endpoint itself otherwise.
+    pub upstreams: Vec<Upstream>,
     next: AtomicUsize,
 }
 
 impl Destination {
     /// Round robin over the upstreams.
-    pub fn pick(&self) -> Option<SocketAddr> {
+    pub fn pick(&self) -> Option<&Upstream> {
         if self.upstreams.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
-        Some(self.upstreams[i])
+        Some(&self.upstreams[i])
     }
 }
 
@@ -74,6 +106,7 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 
 impl State {
     pub fn build(config: Config) -> Result<State> {
+        let trust_domain = &config.identity.trust_domain;
         let mut workloads = Vec::new();
         for (i, w) in config.workloads.iter().enumerate() {
             let cgroup_id = cgroup::cgroup_id(&w.cgroup)
@@ -88,17 +121,42 @@ impl State {
                 ips: w.ips.clone(),
                 egress: w.egress.clone(),
                 ingress: w.ingress.clone(),
+                service_account: w.service_account.clone(),
+                labels: w.labels.clone(),
+                mode: w.mode,
+                identity: SpiffeId {
+                    trust_domain: trust_domain.clone(),
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account.clone(),
+                },
             });
         }
+        let tunnel_of = |node: &Option<String>| -> Via {
+            match node {
+                None => Via::Direct,
+                Some(name) if *name == config.node.name => Via::Local,
+                Some(name) => match config.nodes.iter().find(|n| &n.name == name) {
+                    Some(peer) => Via::Tunnel {
+                        node: name.clone(),
+                        tunnel: SocketAddr::new(peer.address, config.node.tunnel_port),
+                    },
+                    // The config checker rejects unknown nodes; never guess an address.
+                    None => Via::Direct,
+                },
+            }
+        };
         let mut destinations = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             let service_id = i as u32 + 1;
             let label = format!("{}.{}", s.name, s.namespace);
             for p in &s.ports {
-                let upstreams: Vec<SocketAddr> = s
+                let upstreams: Vec<Upstream> = s
                     .endpoints
                     .iter()
-                    .map(|e| SocketAddr::new(canonical_ip(e.ip), p.target_port))
+                    .map(|e| Upstream {
+                        addr: SocketAddr::new(canonical_ip(e.ip), p.target_port),
+                        via: tunnel_of(&e.node),
+                    })
                     .collect();
                 for vip in &s.vips {
                     destinations.insert(
@@ -113,12 +171,14 @@ impl State {
                 }
                 // Dialling an endpoint directly is meshed too (it still gets the agent hop).
                 for upstream in upstreams {
-                    destinations.entry(upstream).or_insert_with(|| Destination {
-                        service_id,
-                        service: label.clone(),
-                        upstreams: vec![upstream],
-                        next: AtomicUsize::new(0),
-                    });
+                    destinations
+                        .entry(upstream.addr)
+                        .or_insert_with(|| Destination {
+                            service_id,
+                            service: label.clone(),
+                            upstreams: vec![upstream],
+                            next: AtomicUsize::new(0),
+                        });
                 }
             }
         }
@@ -136,5 +196,36 @@ impl State {
 
     pub fn workload_by_cgroup(&self, cgroup_id: u64) -> Option<&WorkloadState> {
         self.workloads.iter().find(|w| w.cgroup_id == cgroup_id)
+    }
+
+    /// The local workload that owns `ip` (the target of an inbound tunnel request).
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&WorkloadState> {
+        let ip = canonical_ip(ip);
+        self.workloads
+            .iter()
+            .find(|w| w.ips.iter().any(|own| canonical_ip(*own) == ip))
+    }
+
+    /// The identity a node agent presents; also used for processes of the node that are not
+    /// declared workloads.
+    pub fn agent_identity(&self) -> SpiffeId {
+        crate::identity::agent_id(&self.config.identity.trust_domain)
+    }
+
+    /// The address reported as the original client of a connection from `source`: the
+    /// workload's own address of the destination's family, else this node's address.
+    pub fn origin_address(&self, source: Option<&WorkloadState>, v6: bool) -> IpAddr {
+        let same_family = |ip: &&IpAddr| canonical_ip(**ip).is_ipv6() == v6;
+        source
+            .and_then(|w| w.ips.iter().find(same_family).copied())
+            .or(self
+                .node
+                .address
+                .filter(|a| canonical_ip(*a).is_ipv6() == v6))
+            .unwrap_or(if v6 {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            })
     }
 }

@@ -22,6 +22,7 @@ pub mod map_names {
     pub const INGRESS_POLICY: &str = "MESH_INGRESS_POLICY";
     pub const ORIG_DST_BY_COOKIE: &str = "MESH_ORIG_DST_BY_COOKIE";
     pub const ORIG_DST_BY_CLIENT: &str = "MESH_ORIG_DST_BY_CLIENT";
+    pub const AGENT_ORIGINS: &str = "MESH_AGENT_ORIGINS";
     pub const CONNS: &str = "MESH_CONNS";
     pub const SOCKS: &str = "MESH_SOCKS";
     pub const EVENTS: &str = "MESH_EVENTS";
@@ -46,6 +47,7 @@ pub mod capacity {
     pub const LISTENERS: u32 = 16_384;
     pub const POLICY: u32 = 65_536;
     pub const ORIG_DST: u32 = 262_144;
+    pub const AGENT_ORIGINS: u32 = 16_384;
     pub const CONNS: u32 = 262_144;
     pub const SOCKS: u32 = 262_144;
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
@@ -85,8 +87,15 @@ pub struct ServiceValue {
 
 /// Set on a workload that has egress rules: connects not allowed by a rule fail with EPERM.
 pub const WORKLOAD_EGRESS_POLICY: u32 = 1;
-/// Set on a workload that has ingress rules: SYNs not allowed by a rule are dropped.
+/// Set on a workload that has ingress rules: SYNs not allowed by a rule are dropped. Rules judge
+/// the original client address: the [`AgentOrigin`] of a connection the agent opened on a
+/// client's behalf, else the packet's source address.
 pub const WORKLOAD_INGRESS_POLICY: u32 = 2;
+
+/// Set on a workload whose peer authentication mode is STRICT: a TCP SYN that the agent did not
+/// open on a client's behalf (no [`AgentOriginKey`] entry), i.e. plaintext from outside the
+/// mesh, is dropped. Loopback sources (the workload talking to itself) are exempt.
+pub const WORKLOAD_STRICT: u32 = 4;
 
 /// Value of the workload map, keyed by the workload's cgroup id (u64).
 #[repr(C)]
@@ -143,6 +152,35 @@ pub struct ClientKey {
     pub ip: [u8; 16],
     pub port: u16,
     pub _pad: [u8; 6],
+}
+
+/// A connection the agent is opening to a local workload on behalf of a client (inbound tunnel
+/// or same-node meshed connection). The agent binds its socket first (port 0, any address) to
+/// learn its source port, writes the entry, connects, and deletes the entry once connect()
+/// returns. cgroup_skb/ingress looks it up for every SYN to a workload:
+/// (TCP source port, destination address, destination port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentOriginKey {
+    /// The agent socket's local port (host order).
+    pub agent_port: u16,
+    /// The workload's port (host order).
+    pub workload_port: u16,
+    pub _pad: [u8; 4],
+    /// The workload address the agent connects to (IPv4-mapped for IPv4).
+    pub workload_ip: [u8; 16],
+}
+
+/// Who the agent's connection to a workload is really from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentOrigin {
+    /// The original client's address (IPv4-mapped for IPv4): ingress rules judge this one
+    /// instead of the agent's source address.
+    pub src_ip: [u8; 16],
+    /// Reserved, 0.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Identifies one end of a TCP connection on a node. Loopback addresses are only unique within
@@ -240,7 +278,11 @@ pub mod stat {
     pub const CONNS_OPENED: u32 = 7;
     pub const CONNS_CLOSED: u32 = 8;
     pub const ORIG_DST_MISSING: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// SYNs to a workload that the agent opened on a client's behalf (judged by the origin).
+    pub const INGRESS_VIA_AGENT: u32 = 10;
+    /// SYNs dropped because the workload is STRICT and the connection is not from the agent.
+    pub const INGRESS_STRICT_DENIED: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_redirected",
         "connect_denied",
@@ -252,6 +294,8 @@ pub mod stat {
         "conns_opened",
         "conns_closed",
         "orig_dst_missing",
+        "ingress_via_agent",
+        "ingress_strict_denied",
     ];
 }
 
@@ -301,6 +345,8 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for ClientKey {}
+    unsafe impl aya::Pod for AgentOriginKey {}
+    unsafe impl aya::Pod for AgentOrigin {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for ConnStats {}
     unsafe impl aya::Pod for ConnEvent {}
@@ -318,6 +364,8 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>(), 32);
         assert_eq!(size_of::<OrigDst>(), 32);
         assert_eq!(size_of::<ClientKey>(), 32);
+        assert_eq!(size_of::<AgentOriginKey>(), 24);
+        assert_eq!(size_of::<AgentOrigin>(), 24);
         assert_eq!(size_of::<SockKey>(), 48);
         assert_eq!(size_of::<ConnStats>(), 104);
         assert_eq!(size_of::<ConnEvent>(), 48 + 104 + 8);

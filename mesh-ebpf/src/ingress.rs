@@ -1,41 +1,94 @@
-//! cgroup_skb/ingress: inbound L4 allow policy. For a workload with ingress rules, a TCP SYN
-//! whose (source address, destination port) no rule allows is dropped before any socket sees
-//! it, so the workload never accepts the connection. Only connection-opening SYNs are judged;
-//! replies to the workload's own outbound connections are not.
+//! cgroup_skb/ingress: inbound L4 allow policy and STRICT mode, judged on connection-opening
+//! TCP SYNs (SYN without ACK) before any socket sees them, so a refused connection is never
+//! accepted. Other packets (replies to the workload's own outbound connections, data of
+//! accepted connections) are not judged. Workloads with neither ingress rules nor STRICT are
+//! not looked at beyond the workload lookup.
+//!
+//! Rules judge the original client address. A meshed connection reaches its workload from the
+//! local agent (inbound tunnel, or a same-node meshed connection), so just before it connects
+//! the agent records (its source port, workload address, workload port) -> client address in
+//! `MESH_AGENT_ORIGINS`; a SYN that matches such an entry is judged by the client's address
+//! (counted as `INGRESS_VIA_AGENT`), any other SYN by its own source address.
+//!
+//! STRICT (`WORKLOAD_STRICT`): a SYN without an agent-origin entry is plaintext from outside
+//! the mesh and is dropped (`INGRESS_STRICT_DENIED`), except from a loopback source (the
+//! workload talking to itself). SYNs that pass go on to the ingress rules, if the workload
+//! has any.
 
 use aya_ebpf::{
     helpers::bpf_skb_cgroup_id, macros::cgroup_skb, maps::lpm_trie::Key, programs::SkBuffContext,
 };
-use mesh_common::{WORKLOAD_INGRESS_POLICY, stat};
+use mesh_common::{AgentOriginKey, WORKLOAD_INGRESS_POLICY, WORKLOAD_STRICT, is_loopback, stat};
 
 use crate::{
     common::{FULL_PREFIX, bump, policy_key},
-    maps::{MESH_INGRESS_POLICY, MESH_WORKLOADS},
+    ctx_u32,
+    maps::{MESH_AGENT_ORIGINS, MESH_INGRESS_POLICY, MESH_WORKLOADS},
 };
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 
+/// The parts of a connection-opening SYN the judgement needs.
+struct Syn {
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Host order.
+    src_port: u16,
+    /// Host order.
+    dst_port: u16,
+}
+
 #[cgroup_skb(ingress)]
 pub fn mesh_ingress(ctx: SkBuffContext) -> i32 {
+    // The only context field this program reads: once, unconditionally (see `ctx_u32!`).
+    let protocol = ctx_u32!((*ctx.skb.skb).protocol);
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let Some(workload) = (unsafe { MESH_WORKLOADS.get(cgroup) }) else {
         return PASS;
     };
-    if workload.flags & WORKLOAD_INGRESS_POLICY == 0 {
+    let flags = workload.flags;
+    if flags & (WORKLOAD_INGRESS_POLICY | WORKLOAD_STRICT) == 0 {
         return PASS;
     }
-    let Some((src, dst_port, tcp_flags)) = parse_tcp(&ctx) else {
+    let proto = u32::from(u16::from_be(protocol as u16));
+    let Some(syn) = parse_syn(&ctx, proto) else {
         return PASS;
     };
-    if tcp_flags & TCP_FLAG_SYN == 0 || tcp_flags & TCP_FLAG_ACK != 0 {
+    judge(cgroup, flags, &syn)
+}
+
+/// PASS or DROP for a SYN to a workload with ingress rules and/or STRICT.
+#[inline(never)]
+fn judge(cgroup: u64, flags: u32, syn: &Syn) -> i32 {
+    let origin_key = AgentOriginKey {
+        agent_port: syn.src_port,
+        workload_port: syn.dst_port,
+        _pad: [0; 4],
+        workload_ip: syn.dst,
+    };
+    let src = match unsafe { MESH_AGENT_ORIGINS.get(&origin_key) } {
+        Some(origin) => {
+            bump(stat::INGRESS_VIA_AGENT, 1);
+            origin.src_ip
+        }
+        None => {
+            if flags & WORKLOAD_STRICT != 0 && !is_loopback(&syn.src) {
+                bump(stat::INGRESS_STRICT_DENIED, 1);
+                return DROP;
+            }
+            syn.src
+        }
+    };
+    if flags & WORKLOAD_INGRESS_POLICY == 0 {
         return PASS;
     }
-    let exact = Key::new(FULL_PREFIX, policy_key(cgroup, dst_port, src));
+    let exact = Key::new(FULL_PREFIX, policy_key(cgroup, syn.dst_port, src));
     let any_port = Key::new(FULL_PREFIX, policy_key(cgroup, 0, src));
     if MESH_INGRESS_POLICY.get(exact).is_some() || MESH_INGRESS_POLICY.get(any_port).is_some() {
         return PASS;
@@ -44,30 +97,44 @@ pub fn mesh_ingress(ctx: SkBuffContext) -> i32 {
     DROP
 }
 
-/// (source address, destination port, TCP flags) of a TCP packet; None for anything else.
+/// The addresses and ports of a TCP SYN without ACK; None for any other packet. `proto` is
+/// the skb's ethertype (host order).
 #[inline(always)]
-fn parse_tcp(ctx: &SkBuffContext) -> Option<([u8; 16], u16, u8)> {
-    let proto = u32::from(u16::from_be(ctx.skb.protocol() as u16));
-    let (src, l4) = if proto == ETH_P_IP {
+fn parse_syn(ctx: &SkBuffContext, proto: u32) -> Option<Syn> {
+    let (src, dst, l4) = if proto == ETH_P_IP {
         let vihl: u8 = ctx.load(0).ok()?;
         let ip_proto: u8 = ctx.load(9).ok()?;
-        if ip_proto != 6 {
+        if ip_proto != IPPROTO_TCP {
             return None;
         }
         let src: [u8; 4] = ctx.load(12).ok()?;
-        (mesh_common::v4_mapped(src), usize::from(vihl & 0x0f) * 4)
+        let dst: [u8; 4] = ctx.load(16).ok()?;
+        (
+            mesh_common::v4_mapped(src),
+            mesh_common::v4_mapped(dst),
+            usize::from(vihl & 0x0f) * 4,
+        )
     } else if proto == ETH_P_IPV6 {
         // Extension headers before TCP are rare on the node's own traffic; such packets pass.
         let next: u8 = ctx.load(6).ok()?;
-        if next != 6 {
+        if next != IPPROTO_TCP {
             return None;
         }
         let src: [u8; 16] = ctx.load(8).ok()?;
-        (src, 40)
+        let dst: [u8; 16] = ctx.load(24).ok()?;
+        (src, dst, 40)
     } else {
         return None;
     };
-    let dport: u16 = ctx.load(l4 + 2).ok()?;
-    let flags: u8 = ctx.load(l4 + 13).ok()?;
-    Some((src, u16::from_be(dport), flags))
+    let ports: [u8; 4] = ctx.load(l4).ok()?;
+    let tcp_flags: u8 = ctx.load(l4 + 13).ok()?;
+    if tcp_flags & TCP_FLAG_SYN == 0 || tcp_flags & TCP_FLAG_ACK != 0 {
+        return None;
+    }
+    Some(Syn {
+        src,
+        dst,
+        src_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+    })
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    AgentConfig, ClientKey, ConnStats, OrigDst, PolicyKey, PolicyValue, ServiceKey, ServiceValue,
-    SockKey, WorkloadValue, capacity, stat,
+    AgentConfig, AgentOrigin, AgentOriginKey, ClientKey, ConnStats, OrigDst, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity, stat,
 };
 
 #[map]
@@ -46,6 +46,14 @@ pub static MESH_ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
 #[map]
 pub static MESH_ORIG_DST_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
     LruHashMap::pinned(capacity::ORIG_DST, 0);
+
+/// Connections the agent is opening to a local workload on a client's behalf: (agent source
+/// port, workload address) -> the client's address. Written by the agent just before connect()
+/// and removed once it returns; cgroup_skb/ingress judges such SYNs by the client's address.
+/// LRU so that entries the agent failed to remove age out.
+#[map]
+pub static MESH_AGENT_ORIGINS: LruHashMap<AgentOriginKey, AgentOrigin> =
+    LruHashMap::pinned(capacity::AGENT_ORIGINS, 0);
 
 #[map]
 pub static MESH_CONNS: LruHashMap<SockKey, ConnStats> = LruHashMap::pinned(capacity::CONNS, 0);

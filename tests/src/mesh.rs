@@ -67,6 +67,14 @@ pub struct PolicySpec {
     pub ingress: Option<Vec<(String, Vec<u16>)>>,
 }
 
+/// Identity settings of a workload: service account (default "default"), labels, STRICT mode.
+#[derive(Debug, Clone, Default)]
+pub struct IdentitySpec {
+    pub service_account: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub strict: bool,
+}
+
 /// What the agents of a mesh are told. `fast_path` defaults to false, like the agent's own
 /// default (see the README on the sockmap EAGAIN quirk).
 #[derive(Debug, Clone, Default)]
@@ -74,6 +82,14 @@ pub struct MeshSpec {
     pub services: Vec<ServiceSpec>,
     pub policies: BTreeMap<String, PolicySpec>,
     pub fast_path: bool,
+    /// Per workload name.
+    pub identities: BTreeMap<String, IdentitySpec>,
+    /// `identity.cert_lifetime`, e.g. "6s"; the agent's default (24h) when None.
+    pub cert_lifetime: Option<String>,
+    /// YAML list items placed under the top-level `authorization:` key, indented by 2.
+    pub authorization_yaml: Option<String>,
+    /// Replaces the whole `identity:` section (for CA error tests); indented by 2.
+    pub identity_yaml: Option<String>,
 }
 
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
@@ -111,6 +127,12 @@ impl Mesh {
         self.sim.workload(name)
     }
 
+    /// The CA every agent of this mesh shares: created by the first agent that starts, in
+    /// the sim's directory, like an operator copying one CA to every bare host.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.sim.dir().join("ca")
+    }
+
     /// The agent config of one node: its workloads and every service of the cluster.
     pub fn render_config(&self, node: &str, spec: &MeshSpec) -> String {
         let n = self.sim.node(node);
@@ -120,6 +142,30 @@ impl Mesh {
         let _ = writeln!(y, "  cgroup: {}", n.cgroup.display());
         let _ = writeln!(y, "  bpffs: {}", self.pin_root().display());
         let _ = writeln!(y, "  fast_path: {}", spec.fast_path);
+        let _ = writeln!(y, "  address: {}", n.ip);
+        let _ = writeln!(y, "nodes:");
+        for other in self.sim.nodes().iter().filter(|o| o.name != node) {
+            let _ = writeln!(y, "  - name: {}", other.name);
+            let _ = writeln!(y, "    address: {}", other.ip);
+        }
+        let _ = writeln!(y, "identity:");
+        match &spec.identity_yaml {
+            Some(custom) => y.push_str(custom),
+            None => {
+                let _ = writeln!(y, "  ca:");
+                let _ = writeln!(y, "    dir: {}", self.ca_dir().display());
+                if let Some(lifetime) = &spec.cert_lifetime {
+                    let _ = writeln!(y, "  cert_lifetime: {lifetime}");
+                }
+            }
+        }
+        if let Some(authz) = &spec.authorization_yaml {
+            let _ = writeln!(y, "authorization:");
+            y.push_str(authz);
+            if !authz.ends_with('\n') {
+                y.push('\n');
+            }
+        }
         let _ = writeln!(y, "workloads:");
         for w in self.sim.workloads().iter().filter(|w| w.node == node) {
             let _ = writeln!(y, "  - name: {}", w.name);
@@ -128,6 +174,19 @@ impl Mesh {
                 let _ = writeln!(y, "    netns: {}", w.netns_path.display());
             }
             let _ = writeln!(y, "    ips: [{}]", w.ip);
+            if let Some(id) = spec.identities.get(&w.name) {
+                if let Some(sa) = &id.service_account {
+                    let _ = writeln!(y, "    service_account: {sa}");
+                }
+                if !id.labels.is_empty() {
+                    let labels: Vec<String> =
+                        id.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                    let _ = writeln!(y, "    labels: {{{}}}", labels.join(", "));
+                }
+                if id.strict {
+                    let _ = writeln!(y, "    mode: STRICT");
+                }
+            }
             if let Some(policy) = spec.policies.get(&w.name) {
                 for (key, rules, field) in [
                     ("egress", &policy.egress, "to"),
@@ -168,6 +227,42 @@ impl Mesh {
 
     /// Writes the node's config and starts its agent; returns once it reports ready.
     pub fn start_agent(&mut self, node: &str, spec: &MeshSpec) -> Result<()> {
+        let proc = self.spawn_agent(node, spec)?;
+        self.agents.insert(node.to_string(), proc);
+        Ok(())
+    }
+
+    /// Starts the node's agent with `spec` and expects it to fail at start; returns its exit
+    /// status and logs (for "bad input gives a clear error" tests).
+    pub fn start_agent_expecting_failure(
+        &mut self,
+        node: &str,
+        spec: &MeshSpec,
+    ) -> Result<(ExitStatus, String)> {
+        let path = self.sim.dir().join(format!("{node}.yaml"));
+        std::fs::write(&path, self.render_config(node, spec))
+            .with_context(|| format!("write {}", path.display()))?;
+        let placement = self.sim.node(node).agent_placement();
+        let path = path.display().to_string();
+        let agent = self.bins.agent.clone();
+        let mut proc = self
+            .sim
+            .spawn(&placement, &agent, ["run", "--config", path.as_str()])?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = proc.try_wait()? {
+                return Ok((status, proc.logs()));
+            }
+            if proc.stderr().contains("mesh-agent ready") || Instant::now() > deadline {
+                let logs = proc.logs();
+                let _ = proc.kill();
+                bail!("agent on {node} started although it should have failed:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn_agent(&mut self, node: &str, spec: &MeshSpec) -> Result<Proc> {
         let path = self.sim.dir().join(format!("{node}.yaml"));
         std::fs::write(&path, self.render_config(node, spec))
             .with_context(|| format!("write {}", path.display()))?;
@@ -198,8 +293,7 @@ impl Mesh {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.agents.insert(node.to_string(), proc);
-        Ok(())
+        Ok(proc)
     }
 
     /// SIGTERM to the node's agent; returns its exit status.

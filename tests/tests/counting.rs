@@ -71,10 +71,32 @@ fn transfer_64mib_is_intact_and_kernel_counters_are_exact() {
         "client received: {client}"
     );
 
-    // Hop 2: the agent's upstream connection to the echo pod, counted on node1 ...
+    // Hop 2: node1's agent carries the stream to node2 inside its mTLS tunnel session, which
+    // stays open (pooled). Each end of that session moved more than N bytes (payload plus TLS
+    // and HTTP/2 framing). A live record's received count is refreshed only when the socket's
+    // own data is acknowledged, so each direction is checked at its sender.
+    let tunnel_sent = |node: &str, matches: &dyn Fn(&serde_json::Value) -> bool| {
+        let f = mesh
+            .flows(node)
+            .expect("flows")
+            .into_iter()
+            .find(|f| matches(f))
+            .unwrap_or_else(|| panic!("tunnel session socket on {node}"));
+        assert_eq!(f["redirected"], false, "{f}");
+        f["bytes_sent"].as_u64().unwrap()
+    };
+    let up = tunnel_sent("node1", &|f| {
+        f["direction"] == "outbound" && f["remote"] == "10.200.0.2:15008"
+    });
+    let down = tunnel_sent("node2", &|f| {
+        f["direction"] == "inbound" && f["local"] == "10.200.0.2:15008"
+    });
+    assert!(up > N && down > N, "tunnel moved {up} up, {down} down");
+
+    // Hop 3: node2's agent's connection to the echo pod, counted on node2 ...
     let echo_ip = mesh.workload("echo").ip.to_string();
     let upstream = mesh
-        .wait_for_flow("node1", Duration::from_secs(10), |f| {
+        .wait_for_flow("node2", Duration::from_secs(10), |f| {
             f["state"] == "closed"
                 && f["direction"] == "outbound"
                 && f["remote"] == format!("{echo_ip}:9000")

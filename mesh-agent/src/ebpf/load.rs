@@ -8,10 +8,14 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, SockHash},
+    maps::{Array, MapInfo, SockHash},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SkMsg, SockOps},
 };
-use mesh_common::{AgentConfig, CONFIG_INDEX, SockKey, map_names, program_names};
+use mesh_common::{
+    AgentConfig, AgentOrigin, AgentOriginKey, CONFIG_INDEX, ClientKey, ConnStats, OrigDst,
+    PolicyKey, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity, map_names,
+    program_names, stat,
+};
 
 use super::{maps::SharedMaps, probe};
 
@@ -45,6 +49,7 @@ impl DataPath {
         probe::check(cgroup, &root)?;
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
+        check_pins(pin_dir)?;
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(PROGRAMS)
@@ -129,6 +134,85 @@ impl DataPath {
     pub fn program_names(&self) -> Vec<String> {
         self.bpf.programs().map(|(n, _)| n.to_string()).collect()
     }
+}
+
+/// (name, key size, value size, max entries) of every pinned map, as mesh-ebpf defines it.
+fn pinned_layouts() -> [(&'static str, usize, usize, u32); 11] {
+    use std::mem::size_of;
+    let lpm_key = size_of::<u32>() + size_of::<PolicyKey>();
+    [
+        (map_names::CONFIG, 4, size_of::<AgentConfig>(), 1),
+        (
+            map_names::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+            capacity::SERVICES,
+        ),
+        (
+            map_names::WORKLOADS,
+            8,
+            size_of::<WorkloadValue>(),
+            capacity::WORKLOADS,
+        ),
+        (map_names::LISTENERS, 8, 4, capacity::LISTENERS),
+        (map_names::EGRESS_POLICY, lpm_key, 4, capacity::POLICY),
+        (map_names::INGRESS_POLICY, lpm_key, 4, capacity::POLICY),
+        (
+            map_names::ORIG_DST_BY_COOKIE,
+            8,
+            size_of::<OrigDst>(),
+            capacity::ORIG_DST,
+        ),
+        (
+            map_names::ORIG_DST_BY_CLIENT,
+            size_of::<ClientKey>(),
+            size_of::<OrigDst>(),
+            capacity::ORIG_DST,
+        ),
+        (
+            map_names::AGENT_ORIGINS,
+            size_of::<AgentOriginKey>(),
+            size_of::<AgentOrigin>(),
+            capacity::AGENT_ORIGINS,
+        ),
+        (
+            map_names::CONNS,
+            size_of::<SockKey>(),
+            size_of::<ConnStats>(),
+            capacity::CONNS,
+        ),
+        (map_names::STATS, 4, 8, stat::COUNT),
+    ]
+}
+
+/// The loader reuses a pinned map of the right name without comparing its definition, so a
+/// map pinned by another agent version (a struct or the counter list changed) would be used
+/// as is and misread. Refuse to start instead.
+fn check_pins(pin_dir: &Path) -> Result<()> {
+    for (name, key, value, entries) in pinned_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("cannot open pinned map {}", path.display()))?;
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if found != (key, value, entries) {
+            return Err(anyhow!(
+                "pinned map {} has key/value size and capacity {found:?}, this agent expects \
+                 {:?}: it comes from an incompatible agent version (`mesh-agent cleanup \
+                 --pin-dir {}` removes the node's pinned maps)",
+                path.display(),
+                (key, value, entries),
+                pin_dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Removes a node's pinned maps (after the agent has stopped for good).

@@ -4,7 +4,12 @@
 //! new or changed ones written, so a config change never empties a map that the kernel is
 //! reading at the same moment.
 
-use std::{collections::HashMap as StdHashMap, hash::Hash, sync::Mutex};
+use std::{
+    collections::HashMap as StdHashMap,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -13,12 +18,13 @@ use aya::{
 };
 use ipnet::IpNet;
 use mesh_common::{
-    ClientKey, ConnStats, OrigDst, POLICY_FIXED_BITS, PolicyKey, ServiceKey, ServiceValue, SockKey,
-    WORKLOAD_EGRESS_POLICY, WORKLOAD_INGRESS_POLICY, WorkloadValue, map_names, stat,
+    AgentOrigin, AgentOriginKey, ClientKey, ConnStats, OrigDst, POLICY_FIXED_BITS, PolicyKey,
+    ServiceKey, ServiceValue, SockKey, WORKLOAD_EGRESS_POLICY, WORKLOAD_INGRESS_POLICY,
+    WORKLOAD_STRICT, WorkloadValue, map_names, stat,
 };
 
 use super::addr::ip_to_bytes;
-use crate::state::State;
+use crate::{config::PeerAuthMode, state::State};
 
 pub struct SharedMaps {
     services: Mutex<HashMap<MapData, ServiceKey, ServiceValue>>,
@@ -27,6 +33,7 @@ pub struct SharedMaps {
     egress: Mutex<LpmTrie<MapData, PolicyKey, u32>>,
     ingress: Mutex<LpmTrie<MapData, PolicyKey, u32>>,
     orig_by_client: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
+    agent_origins: Mutex<HashMap<MapData, AgentOriginKey, AgentOrigin>>,
     conns: Mutex<HashMap<MapData, SockKey, ConnStats>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
     events: Mutex<Option<RingBuf<MapData>>>,
@@ -46,6 +53,9 @@ pub struct MapUsage {
     pub egress_rules: usize,
     pub ingress_rules: usize,
     pub live_connections: usize,
+    /// Agent connections to local workloads in flight (entries outlive connect() only when
+    /// the agent failed to remove them).
+    pub agent_origins: usize,
 }
 
 impl SharedMaps {
@@ -60,6 +70,7 @@ impl SharedMaps {
                 bpf,
                 map_names::ORIG_DST_BY_CLIENT,
             )?)?),
+            agent_origins: Mutex::new(HashMap::try_from(take(bpf, map_names::AGENT_ORIGINS)?)?),
             conns: Mutex::new(HashMap::try_from(take(bpf, map_names::CONNS)?)?),
             stats: Mutex::new(PerCpuArray::try_from(take(bpf, map_names::STATS)?)?),
             events: Mutex::new(Some(RingBuf::try_from(take(bpf, map_names::EVENTS)?)?)),
@@ -104,6 +115,9 @@ impl SharedMaps {
                     add_rule(&mut ingress, w.cgroup_id, &r.ports, r.from, i as u32);
                 }
             }
+            if w.mode == PeerAuthMode::Strict {
+                flags |= WORKLOAD_STRICT;
+            }
             workloads.insert(
                 w.cgroup_id,
                 WorkloadValue {
@@ -130,6 +144,42 @@ impl SharedMaps {
         let value = map.get(key, 0).ok()?;
         let _ = map.remove(key);
         Some(value)
+    }
+
+    /// Records that the agent's socket bound to local port `agent_port` is about to connect to
+    /// the local workload `workload` on behalf of a client at `origin`, so that the ingress
+    /// program judges the SYN by `origin` (and lets it through a STRICT workload). Call it after
+    /// bind() and before connect(); call [`SharedMaps::remove_agent_origin`] once connect()
+    /// returns, whatever the outcome.
+    pub fn register_agent_origin(
+        &self,
+        agent_port: u16,
+        workload: SocketAddr,
+        origin: IpAddr,
+    ) -> Result<()> {
+        let key = agent_origin_key(agent_port, workload);
+        let value = AgentOrigin {
+            src_ip: ip_to_bytes(origin),
+            flags: 0,
+            _pad: 0,
+        };
+        let mut map = self
+            .agent_origins
+            .lock()
+            .map_err(|_| anyhow!("agent origin map lock poisoned"))?;
+        map.insert(key, value, 0)
+            .with_context(|| format!("cannot record agent origin {agent_port} -> {workload}"))
+    }
+
+    /// Forgets the entry of [`SharedMaps::register_agent_origin`]; a missing entry (evicted,
+    /// or never written) is fine.
+    pub fn remove_agent_origin(&self, agent_port: u16, workload: SocketAddr) {
+        let key = agent_origin_key(agent_port, workload);
+        if let Ok(mut map) = self.agent_origins.lock()
+            && let Err(e) = ignore_missing(map.remove(&key))
+        {
+            tracing::debug!("cannot remove agent origin {agent_port} -> {workload}: {e:#}");
+        }
     }
 
     /// Live connections with their current counters.
@@ -170,7 +220,17 @@ impl SharedMaps {
             egress_rules: count_lpm(&self.egress),
             ingress_rules: count_lpm(&self.ingress),
             live_connections: count(&self.conns),
+            agent_origins: count(&self.agent_origins),
         }
+    }
+}
+
+fn agent_origin_key(agent_port: u16, workload: SocketAddr) -> AgentOriginKey {
+    AgentOriginKey {
+        agent_port,
+        workload_port: workload.port(),
+        _pad: [0; 4],
+        workload_ip: ip_to_bytes(workload.ip()),
     }
 }
 
@@ -245,5 +305,29 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<()> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_origin_key_matches_the_kernel_view() {
+        // The ingress program builds the key from the SYN: source port, then destination
+        // port and address, all host-order ports and IPv4-mapped addresses.
+        let key = agent_origin_key(40_000, "10.1.2.3:8080".parse().unwrap());
+        assert_eq!(key.agent_port, 40_000);
+        assert_eq!(key.workload_port, 8080);
+        assert_eq!(key.workload_ip, mesh_common::v4_mapped([10, 1, 2, 3]));
+        assert_eq!(key._pad, [0; 4]);
+        // An IPv6 socket dialling a v4-mapped address sends IPv4 packets: same key.
+        let mapped = agent_origin_key(40_000, "[::ffff:10.1.2.3]:8080".parse().unwrap());
+        assert_eq!(mapped, key);
+        let v6 = agent_origin_key(1, "[fd00::2]:443".parse().unwrap());
+        assert_eq!(
+            v6.workload_ip,
+            "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
     }
 }

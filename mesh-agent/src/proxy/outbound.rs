@@ -12,11 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     ebpf::{bytes_to_ip, ip_to_bytes},
+    proxy::inbound,
     runtime::Shared,
+    state::Via,
 };
-
-/// Relay buffer per direction: large enough that a bulk transfer is not syscall-bound.
-const RELAY_BUFFER: usize = 256 * 1024;
 
 /// One accept loop per listener (one listener per enrolled network namespace).
 pub fn spawn_listener(listener: std::net::TcpListener, netns_cookie: u64, shared: Arc<Shared>) {
@@ -49,7 +48,7 @@ pub fn spawn_listener(listener: std::net::TcpListener, netns_cookie: u64, shared
 }
 
 async fn handle(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     netns_cookie: u64,
     shared: &Shared,
@@ -71,35 +70,75 @@ async fn handle(
     let destination = state
         .destination(original)
         .ok_or_else(|| anyhow!("{original} is no longer a meshed destination"))?;
-    let upstream_addr = destination
+    let upstream = destination
         .pick()
-        .ok_or_else(|| anyhow!("service {} has no endpoints", destination.service))?;
-    let source = shared.workload_name(orig.cgroup_id);
+        .ok_or_else(|| anyhow!("service {} has no endpoints", destination.service))?
+        .clone();
+    let source = state.workload_by_cgroup(orig.cgroup_id);
+    // Processes of the node that are not declared workloads speak as the node agent.
+    let identity = source
+        .map(|w| w.identity.clone())
+        .unwrap_or_else(|| state.agent_identity());
+    let origin = state.origin_address(source, upstream.addr.is_ipv6());
     let service = destination.service.clone();
     drop(state);
-
-    let mut upstream = TcpStream::connect(upstream_addr)
-        .await
-        .with_context(|| format!("connect to {upstream_addr} for {original}"))?;
     client.set_nodelay(true)?;
-    upstream.set_nodelay(true)?;
-    shared.proxy_stats.forwarded.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, %original, %upstream_addr, ?source, %service, "relaying");
-    // copy_bidirectional shuts down each write side when the other side's read ends, which is
-    // exactly TCP half-close semantics.
-    let (up, down) = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    )
-    .await
-    .with_context(|| format!("relay {peer} <-> {upstream_addr}"))?;
+    tracing::debug!(%peer, %original, upstream = %upstream.addr, via = ?upstream.via, %identity, %service, "relaying");
+
+    let result = match &upstream.via {
+        Via::Direct => {
+            let stream = TcpStream::connect(upstream.addr)
+                .await
+                .with_context(|| format!("connect to {} for {original}", upstream.addr));
+            match stream {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    count_forwarded(shared);
+                    super::relay(client, s).await
+                }
+                Err(e) => return refuse(client, e),
+            }
+        }
+        Via::Local => match inbound::open_local(shared, &identity, origin, upstream.addr).await {
+            Ok(s) => {
+                count_forwarded(shared);
+                super::relay(client, s).await
+            }
+            Err(e) => return refuse(client, anyhow!(e)),
+        },
+        Via::Tunnel { node, tunnel } => {
+            match shared
+                .tunnels
+                .open(&identity, *tunnel, upstream.addr, origin)
+                .await
+                .with_context(|| format!("tunnel to {} on {node}", upstream.addr))
+            {
+                Ok(s) => {
+                    count_forwarded(shared);
+                    super::relay(client, s).await
+                }
+                Err(e) => return refuse(client, e),
+            }
+        }
+    };
+    let (up, down) = result.with_context(|| format!("relay {peer} <-> {}", upstream.addr))?;
     shared.proxy_stats.bytes_up.fetch_add(up, Ordering::Relaxed);
     shared
         .proxy_stats
         .bytes_down
         .fetch_add(down, Ordering::Relaxed);
-    tracing::debug!(%peer, %upstream_addr, up, down, "relay done");
+    tracing::debug!(%peer, upstream = %upstream.addr, up, down, "relay done");
     Ok(())
+}
+
+fn count_forwarded(shared: &Shared) {
+    shared.proxy_stats.forwarded.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The application already has an established connection (to us); a reset tells it the
+/// destination refused, instead of a clean close that looks like an empty answer.
+fn refuse(client: TcpStream, reason: anyhow::Error) -> Result<()> {
+    let _ = client.set_zero_linger();
+    drop(client);
+    Err(reason)
 }

@@ -1,0 +1,311 @@
+//! The inbound side: the mTLS tunnel listener on :15008 and the in-process path for
+//! connections between workloads of this node. Both end in [`open_local`]: authorize the
+//! source identity against the destination workload's policies, then connect to the workload.
+//!
+//! The listener accepts only TLS 1.3 with a client certificate that chains to the trust bundle
+//! and carries a SPIFFE ID of our trust domain (see identity::tls). It speaks HTTP/2 and
+//! serves only CONNECT to an address of a workload of this node, so it is never an open proxy.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use http_body_util::Empty;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use std::sync::atomic::AtomicU64;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    identity::{PeerCert, SpiffeId},
+    policy::authz,
+    proxy::tunnel,
+    runtime::Shared,
+};
+
+/// A client that cannot finish the handshake in this time is dropped (slowloris).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default, Serialize)]
+pub struct InboundStats {
+    /// TCP connections accepted on the tunnel port.
+    pub tls_accepted: AtomicU64,
+    /// Handshakes that failed: wrong or missing certificate, TLS 1.2, plaintext, garbage.
+    pub tls_failed: AtomicU64,
+    /// Tunnel streams (CONNECT requests) received.
+    pub streams: AtomicU64,
+    /// Requests that were not a CONNECT or named no valid target.
+    pub bad_requests: AtomicU64,
+    /// Targets that are not a workload of this node.
+    pub unknown_target: AtomicU64,
+    pub authz_allowed: AtomicU64,
+    pub authz_denied: AtomicU64,
+    /// Connections to the local workload that failed.
+    pub connect_failed: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// Why a connection to a local workload was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} is not a workload of this node")]
+    UnknownTarget(SocketAddr),
+    #[error("denied by authorization policy ({0:?})")]
+    Denied(authz::Decision),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::UnknownTarget(_) => StatusCode::NOT_FOUND,
+            Refusal::Denied(_) => StatusCode::FORBIDDEN,
+            Refusal::Connect(..) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Authorizes `peer` for `target` and connects to the local workload, telling the kernel the
+/// original client address (`origin`) so that address-based ingress rules judge the client,
+/// not the agent.
+pub async fn open_local(
+    shared: &Shared,
+    peer: &SpiffeId,
+    origin: IpAddr,
+    target: SocketAddr,
+) -> Result<TcpStream, Refusal> {
+    let stats = &shared.inbound_stats;
+    let state = shared.state();
+    let Some(workload) = state.workload_by_ip(target.ip()) else {
+        stats.unknown_target.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::UnknownTarget(target));
+    };
+    let decision = authz::evaluate(
+        &state.config.authorization,
+        workload,
+        &authz::Request {
+            peer,
+            port: target.port(),
+        },
+    );
+    if !decision.allowed() {
+        stats.authz_denied.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, %target, workload = %workload.identity, ?decision, "connection denied");
+        return Err(Refusal::Denied(decision));
+    }
+    stats.authz_allowed.fetch_add(1, Ordering::Relaxed);
+    drop(state);
+    connect_with_origin(shared, origin, target)
+        .await
+        .map_err(|e| {
+            stats.connect_failed.fetch_add(1, Ordering::Relaxed);
+            Refusal::Connect(target, e)
+        })
+}
+
+async fn connect_with_origin(
+    shared: &Shared,
+    origin: IpAddr,
+    target: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Bind first so the local port is known before the SYN leaves: the ingress program finds
+    // the origin by (agent port, workload address, workload port).
+    let any: IpAddr = if target.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    socket.bind(SocketAddr::new(any, 0))?;
+    socket.set_nodelay(true)?;
+    let port = socket.local_addr()?.port();
+    if let Err(e) = shared.maps.register_agent_origin(port, target, origin) {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record the connection's origin"
+        );
+    }
+    let result = socket.connect(target).await;
+    shared.maps.remove_agent_origin(port, target);
+    result
+}
+
+/// Binds the tunnel listener on every address of the node (dual-stack when IPv6 is on).
+pub fn bind(port: u16) -> Result<std::net::TcpListener> {
+    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+    let listener = match std::net::TcpListener::bind(v6) {
+        Ok(l) => l,
+        Err(_) => std::net::TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+            .with_context(|| format!("cannot listen on tunnel port {port}"))?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+pub fn spawn_listener(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let listener = TcpListener::from_std(listener).context("register tunnel listener")?;
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel accept failed");
+                    continue;
+                }
+            };
+            shared
+                .inbound_stats
+                .tls_accepted
+                .fetch_add(1, Ordering::Relaxed);
+            let shared = shared.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                serve_session(tcp, peer, acceptor, shared).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn serve_session(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            shared
+                .inbound_stats
+                .tls_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, error = %e, "tunnel handshake refused");
+            return;
+        }
+        Err(_) => {
+            shared
+                .inbound_stats
+                .tls_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "tunnel handshake timed out");
+            return;
+        }
+    };
+    let Some(cert) = crate::identity::tls::peer_identity(tls.get_ref().1) else {
+        // The verifier already demands a SPIFFE ID; this is a second line of defence.
+        shared
+            .inbound_stats
+            .tls_failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, "tunnel peer without a SPIFFE identity");
+        return;
+    };
+    tracing::debug!(%peer, id = %cert.id, serial = %cert.serial, "tunnel session accepted");
+    shared.record_inbound_session(peer, &cert);
+    let cert = Arc::new(cert);
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = service_shared.clone();
+        let cert = cert.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, &cert, shared).await) }
+    });
+    let result = http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(tunnel::STREAM_WINDOW)
+        .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
+        .max_frame_size(tunnel::MAX_FRAME)
+        .max_send_buf_size(tunnel::SEND_BUFFER)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "tunnel session ended with an error");
+    }
+}
+
+fn reply(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    if let Ok(v) = reason.parse() {
+        response.headers_mut().insert("mesh-reason", v);
+    }
+    response
+}
+
+async fn handle_stream(
+    mut req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    cert: &PeerCert,
+    shared: Arc<Shared>,
+) -> Response<Empty<Bytes>> {
+    let stats = &shared.inbound_stats;
+    stats.streams.fetch_add(1, Ordering::Relaxed);
+    if req.method() != Method::CONNECT {
+        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
+    }
+    let Some(target) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return reply(StatusCode::BAD_REQUEST, "authority must be IP:PORT");
+    };
+    // Without a (valid) origin the kernel judges the connection by the tunnel peer's address.
+    let origin = req
+        .headers()
+        .get(tunnel::ORIGIN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(tunnel::parse_forwarded_for)
+        .unwrap_or(peer.ip());
+    let upstream = match open_local(&shared, &cert.id, origin, target).await {
+        Ok(s) => s,
+        Err(refusal) => {
+            tracing::info!(%peer, id = %cert.id, %target, reason = %refusal, "tunnel stream refused");
+            return reply(refusal.status(), &refusal.to_string());
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let id = cert.id.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "CONNECT stream did not open");
+                return;
+            }
+        };
+        match super::relay(TokioIo::new(upgraded), upstream).await {
+            Ok((up, down)) => {
+                shared
+                    .inbound_stats
+                    .bytes_in
+                    .fetch_add(up, Ordering::Relaxed);
+                shared
+                    .inbound_stats
+                    .bytes_out
+                    .fetch_add(down, Ordering::Relaxed);
+                tracing::debug!(%peer, %id, %target, up, down, "tunnel stream done");
+            }
+            Err(e) => tracing::debug!(%peer, %id, %target, error = %e, "tunnel stream reset"),
+        }
+    });
+    Response::new(Empty::new())
+}

@@ -1,0 +1,283 @@
+//! The client side of the mTLS tunnel between node agents (HBONE-style): HTTP/2 CONNECT over
+//! TLS 1.3 to the destination node's :15008, the target endpoint as the request authority.
+//!
+//! Connections are pooled per (source identity, destination node, certificate serial): many
+//! application connections share one TLS session as HTTP/2 streams, which saves a handshake
+//! per connection. The serial is part of the key so that after a rotation new streams open a
+//! new session presenting the new certificate, while streams on the old session run on
+//! undisturbed until they end.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use http_body_util::Empty;
+use hyper::{Method, Request, StatusCode, body::Bytes, client::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::identity::{IdentityManager, SpiffeId, tls};
+
+/// Header that carries the original client address to the destination agent, which uses it
+/// for the kernel's address-based ingress rules (the source identity is in the certificate).
+pub const ORIGIN_HEADER: &str = "forwarded";
+
+/// HTTP/2 flow-control windows: large enough that one stream can fill a fast link without
+/// waiting for WINDOW_UPDATEs (the defaults, 64 KiB, cap a stream at ~1 window per RTT).
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub const MAX_FRAME: u32 = 256 * 1024;
+pub const SEND_BUFFER: usize = 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default, Serialize)]
+pub struct TunnelClientStats {
+    /// TLS sessions opened to other nodes.
+    pub sessions_opened: AtomicU64,
+    /// CONNECT streams opened (one per proxied connection).
+    pub streams_opened: AtomicU64,
+    /// Sessions that failed to establish (TCP, TLS or HTTP/2).
+    pub session_failures: AtomicU64,
+    /// CONNECT requests the destination agent refused (authorization, unknown target).
+    pub streams_refused: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    source: String,
+    node: SocketAddr,
+    serial: String,
+}
+
+/// One pooled session, as shown on /tunnels.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub source: String,
+    pub node: SocketAddr,
+    pub local_serial: String,
+    pub peer: Option<String>,
+    pub peer_serial: Option<String>,
+    pub opened_unix: u64,
+}
+
+struct Session {
+    sender: http2::SendRequest<Empty<Bytes>>,
+    info: SessionInfo,
+}
+
+pub struct TunnelPool {
+    identity: Arc<IdentityManager>,
+    /// One slot per key; the async mutex makes concurrent first connections share one session
+    /// instead of each opening its own.
+    slots: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<Option<Session>>>>>,
+    configs: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    pub stats: TunnelClientStats,
+}
+
+impl TunnelPool {
+    pub fn new(identity: Arc<IdentityManager>) -> TunnelPool {
+        TunnelPool {
+            identity,
+            slots: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
+            stats: TunnelClientStats::default(),
+        }
+    }
+
+    /// Opens a tunnelled stream to `target` through the agent at `node`, as `source`.
+    pub async fn open(
+        &self,
+        source: &SpiffeId,
+        node: SocketAddr,
+        target: SocketAddr,
+        origin: IpAddr,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        let svid = self.identity.svid(source)?;
+        let key = PoolKey {
+            source: source.to_string(),
+            node,
+            serial: svid.serial.clone(),
+        };
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            // Sessions of a rotated-away certificate get no new streams; drop their slots
+            // (their open streams keep the connection alive until they finish).
+            slots.retain(|k, _| {
+                k.source != key.source || k.serial == key.serial || k.node != key.node
+            });
+            slots.entry(key.clone()).or_default().clone()
+        };
+        let mut sender = {
+            let mut guard = slot.lock().await;
+            let reusable = guard
+                .as_ref()
+                .is_some_and(|s| !s.sender.is_closed() && s.sender.is_ready());
+            if !reusable {
+                *guard = Some(self.connect(source, node, &svid.serial).await.inspect_err(
+                    |_| {
+                        self.stats.session_failures.fetch_add(1, Ordering::Relaxed);
+                    },
+                )?);
+            }
+            guard
+                .as_ref()
+                .map(|s| s.sender.clone())
+                .ok_or_else(|| anyhow!("no session"))?
+        };
+        sender
+            .ready()
+            .await
+            .with_context(|| format!("tunnel session to {node} closed"))?;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .header(ORIGIN_HEADER, forwarded_for(origin))
+            .body(Empty::<Bytes>::new())
+            .context("build CONNECT request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("CONNECT {target} via {node}"))?;
+        if response.status() != StatusCode::OK {
+            self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+            let reason = response
+                .headers()
+                .get("mesh-reason")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            bail!(
+                "agent at {node} refused CONNECT {target}: {} {reason}",
+                response.status()
+            );
+        }
+        self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .with_context(|| format!("CONNECT {target} via {node}: no stream"))?;
+        Ok(TokioIo::new(upgraded))
+    }
+
+    fn client_config(&self, source: &SpiffeId) -> Result<Arc<rustls::ClientConfig>> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = configs.get(&source.to_string()) {
+            return Ok(c.clone());
+        }
+        let config = tls::client_config(self.identity.clone(), source.clone())?;
+        configs.insert(source.to_string(), config.clone());
+        Ok(config)
+    }
+
+    async fn connect(&self, source: &SpiffeId, node: SocketAddr, serial: &str) -> Result<Session> {
+        let config = self.client_config(source)?;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node))
+            .await
+            .map_err(|_| anyhow!("connect to tunnel {node}: timed out"))?
+            .with_context(|| format!("connect to tunnel {node}"))?;
+        tcp.set_nodelay(true)?;
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TlsConnector::from(config).connect(ServerName::IpAddress(node.ip().into()), tcp),
+        )
+        .await
+        .map_err(|_| anyhow!("TLS handshake with {node}: timed out"))?
+        .with_context(|| format!("TLS handshake with {node}"))?;
+        let peer = tls::peer_identity(tls.get_ref().1);
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buf_size(SEND_BUFFER)
+            .keep_alive_interval(Duration::from_secs(30))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .with_context(|| format!("HTTP/2 handshake with {node}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%node, error = %e, "tunnel session ended");
+            }
+        });
+        self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%node, %source, serial, "tunnel session opened");
+        Ok(Session {
+            sender,
+            info: SessionInfo {
+                source: source.to_string(),
+                node,
+                local_serial: serial.to_owned(),
+                peer: peer.as_ref().map(|p| p.id.to_string()),
+                peer_serial: peer.map(|p| p.serial),
+                opened_unix: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            },
+        })
+    }
+
+    /// Pooled sessions that are still open.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter_map(|slot| {
+                let guard = slot.try_lock().ok()?;
+                guard
+                    .as_ref()
+                    .filter(|s| !s.sender.is_closed())
+                    .map(|s| s.info.clone())
+            })
+            .collect()
+    }
+}
+
+/// RFC 7239 `for=` value; IPv6 addresses are quoted and bracketed.
+pub fn forwarded_for(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    }
+}
+
+/// Parses what [`forwarded_for`] writes.
+pub fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
+    let v = value.trim().strip_prefix("for=")?;
+    let v = v.trim_matches('"');
+    let v = v
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(v);
+    v.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_round_trip() {
+        for ip in ["10.1.2.3", "fd00::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(parse_forwarded_for(&forwarded_for(ip)), Some(ip));
+        }
+        assert_eq!(parse_forwarded_for("for=nonsense"), None);
+        assert_eq!(parse_forwarded_for("by=1.2.3.4"), None);
+    }
+}

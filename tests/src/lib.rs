@@ -6,5 +6,6 @@
 //! parsing, statistics and the data generator can be unit-tested without root.
 
 pub mod mesh;
+pub mod pki;
 pub mod probe;
 pub mod sim;

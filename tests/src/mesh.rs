@@ -397,6 +397,23 @@ impl Mesh {
             .with_context(|| format!("counter {name} missing"))
     }
 
+    /// A counter of the node's /stats, e.g. `stat("node2", "inbound", "authz_denied")`.
+    pub fn stat(&self, node: &str, section: &str, name: &str) -> Result<u64> {
+        let stats = self.admin(node, "/stats")?;
+        stats[section][name]
+            .as_u64()
+            .with_context(|| format!("{node} /stats {section}.{name} missing: {stats}"))
+    }
+
+    /// The node's network namespace with a cgroup outside every node cgroup: no mesh program
+    /// sees what runs there, like a process on the machine that is not part of the mesh.
+    pub fn outside(&self, node: &str) -> Placement {
+        Placement {
+            cgroup: self.sim.cgroup().join(format!("outside-{node}")),
+            netns_path: self.sim.node(node).netns_path.clone(),
+        }
+    }
+
     pub fn placement(&self, workload: &str) -> Placement {
         self.sim.workload(workload).placement()
     }

@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "psmisc",
     "iperf3",
     "sockperf",
+    // Packet captures in the tunnel test (no plaintext on the wire).
+    "tshark",
 ];
 
 /// Nightly used for the eBPF crate when `nightly` is missing or not on LLVM 22 (bpf-linker 0.13

@@ -84,13 +84,19 @@ fn build_server_config(
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.max_early_data_size = 0;
+    // No resumption: a resumed TLS 1.3 session carries the client identity of the original
+    // handshake without presenting or re-checking a certificate, so a peer could keep an
+    // identity past its certificate's expiry or rotation. Sessions are pooled anyway, so full
+    // handshakes are rare.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
 /// Config of tunnel connections made on behalf of `source`: presents its current certificate
-/// and accepts only a node agent of the trust domain as the server. Build one per source
-/// identity and reuse it: its session cache resumes TLS 1.3 sessions, and a resumed session
-/// keeps the identity it was established with, so configs must not be shared across sources.
+/// and accepts only a node agent of the trust domain as the server. One per source identity:
+/// the certificate resolver is bound to that identity. Resumption is off (see
+/// build_server_config), so every session proves the current certificate.
 pub fn client_config(mgr: Arc<IdentityManager>, source: SpiffeId) -> Result<Arc<ClientConfig>> {
     mgr.svid(&source)?;
     let roots = mgr.roots();
@@ -117,6 +123,8 @@ fn build_client_config(
         .with_client_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_early_data = false;
+    // Every session presents the current certificate (see build_server_config).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

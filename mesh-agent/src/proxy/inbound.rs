@@ -219,6 +219,8 @@ async fn serve_session(
         return;
     };
     tracing::debug!(%peer, id = %cert.id, serial = %cert.serial, "tunnel session accepted");
+    // The dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     shared.record_inbound_session(peer, &cert);
     let cert = Arc::new(cert);
     let service_shared = shared.clone();

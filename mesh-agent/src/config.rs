@@ -83,7 +83,8 @@ pub struct NodeConfig {
     /// This node's address, where peers reach its tunnel listener; also the source address
     /// reported for processes that are not declared workloads. Optional.
     pub address: Option<IpAddr>,
-    /// Port of the inbound mTLS tunnel listener (default 15008); it listens on all addresses.
+    /// Port of the inbound mTLS tunnel listener (default 15008), on `address` when set, else
+    /// on all addresses.
     pub tunnel_port: u16,
 }
 

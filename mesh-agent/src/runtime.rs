@@ -197,7 +197,7 @@ pub async fn run(config: Config) -> Result<()> {
     let state = State::build(config)?;
     let identity = start_identity(&state)?;
     let tunnel_tls = identity::tls::server_config(identity.clone())?;
-    let tunnel_listener = proxy::inbound::bind(state.node.tunnel_port)?;
+    let tunnel_listener = proxy::inbound::bind(state.node.address, state.node.tunnel_port)?;
     let node = state.node.clone();
     let agent_cgroup = cgroup::own_cgroup()?;
     let agent_cgroup_id = cgroup::cgroup_id(&agent_cgroup)?;
@@ -243,6 +243,12 @@ pub async fn run(config: Config) -> Result<()> {
         inbound_stats: InboundStats::default(),
         inbound_sessions: Default::default(),
     });
+    {
+        let state = shared.state();
+        let mut sources = vec![state.agent_identity()];
+        sources.extend(state.workloads.iter().map(|w| w.identity.clone()));
+        shared.tunnels.prepare(&sources)?;
+    }
     identity.spawn_rotation();
     proxy::inbound::spawn_listener(tunnel_listener, tunnel_tls, shared.clone())?;
     if let Some(ring) = events {

@@ -263,6 +263,10 @@ impl Mesh {
     }
 
     fn spawn_agent(&mut self, node: &str, spec: &MeshSpec) -> Result<Proc> {
+        // Tests want the per-connection debug lines; benchmarks set MESH_TEST_AGENT_LOG=info
+        // so that logging does not weigh on what they measure.
+        let agent_log = std::env::var("MESH_TEST_AGENT_LOG")
+            .unwrap_or_else(|_| "info,mesh_agent=debug".to_string());
         let path = self.sim.dir().join(format!("{node}.yaml"));
         std::fs::write(&path, self.render_config(node, spec))
             .with_context(|| format!("write {}", path.display()))?;
@@ -274,7 +278,7 @@ impl Mesh {
             &agent,
             [
                 "--log",
-                "info,mesh_agent=debug",
+                agent_log.as_str(),
                 "run",
                 "--config",
                 path.as_str(),

@@ -1,19 +1,29 @@
 //! `cargo xtask bench <suite>`: performance comparisons on simulated nodes.
 
 mod l4;
+mod mtls;
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Result, bail, ensure};
-use mesh_tests::mesh::Binaries;
+use anyhow::{Context, Result, bail, ensure};
+use mesh_tests::mesh::{Binaries, ServiceSpec};
+use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4"];
+const SUITES: &[&str] = &["l4", "mtls"];
 
 /// Runs one benchmark suite; `json` prints one JSON object per result line instead of a table.
 pub fn run(suite: &str, json: bool) -> Result<()> {
+    // The agents' per-connection debug lines (the tests' default) would be part of what is
+    // measured; benchmarks run them at info.
+    // SAFETY: set before any thread of this process is started.
+    unsafe { std::env::set_var("MESH_TEST_AGENT_LOG", "info") };
     match suite {
         "l4" => l4::run(json),
+        "mtls" => mtls::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")
@@ -48,4 +58,38 @@ fn release_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
         .join("release")
+}
+
+/// A service with one VIP:port forwarded to the same port of one workload.
+pub(crate) fn service(name: &str, vip: SocketAddrV4, endpoint: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_string(),
+        vip: *vip.ip(),
+        port: vip.port(),
+        target_port: vip.port(),
+        endpoints: vec![endpoint.to_string()],
+    }
+}
+
+/// A number field of a probe's JSON output.
+pub(crate) fn number(v: &Value, field: &str) -> Result<f64> {
+    v[field]
+        .as_f64()
+        .with_context(|| format!("no number {field:?} in probe output {v}"))
+}
+
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+/// Three decimals: beyond that it is noise, and the lines stay readable.
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

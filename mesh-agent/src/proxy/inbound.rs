@@ -141,12 +141,16 @@ async fn connect_with_origin(
     result
 }
 
-/// Binds the tunnel listener on every address of the node (dual-stack when IPv6 is on).
-pub fn bind(port: u16) -> Result<std::net::TcpListener> {
-    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
-    let listener = match std::net::TcpListener::bind(v6) {
-        Ok(l) => l,
-        Err(_) => std::net::TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+/// Binds the tunnel listener on the node's address when it is configured (peers dial exactly
+/// that), else on every address of the node (dual-stack when IPv6 is on).
+pub fn bind(address: Option<IpAddr>, port: u16) -> Result<std::net::TcpListener> {
+    let listener = match address {
+        Some(ip) => std::net::TcpListener::bind(SocketAddr::new(ip, port))
+            .with_context(|| format!("cannot listen on tunnel address {ip}:{port}"))?,
+        None => std::net::TcpListener::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+            .or_else(|_| {
+                std::net::TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+            })
             .with_context(|| format!("cannot listen on tunnel port {port}"))?,
     };
     listener.set_nonblocking(true)?;

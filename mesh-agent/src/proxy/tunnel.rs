@@ -168,6 +168,15 @@ impl TunnelPool {
         Ok(TokioIo::new(upgraded))
     }
 
+    /// Builds the client configs of these identities now, so that the first connection of a
+    /// workload does not pay for it.
+    pub fn prepare(&self, sources: &[SpiffeId]) -> Result<()> {
+        for source in sources {
+            self.client_config(source)?;
+        }
+        Ok(())
+    }
+
     fn client_config(&self, source: &SpiffeId) -> Result<Arc<rustls::ClientConfig>> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = configs.get(&source.to_string()) {
@@ -180,11 +189,13 @@ impl TunnelPool {
 
     async fn connect(&self, source: &SpiffeId, node: SocketAddr, serial: &str) -> Result<Session> {
         let config = self.client_config(source)?;
+        let started = std::time::Instant::now();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node))
             .await
             .map_err(|_| anyhow!("connect to tunnel {node}: timed out"))?
             .with_context(|| format!("connect to tunnel {node}"))?;
         tcp.set_nodelay(true)?;
+        let tcp_us = started.elapsed().as_micros();
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
             TlsConnector::from(config).connect(ServerName::IpAddress(node.ip().into()), tcp),
@@ -192,6 +203,7 @@ impl TunnelPool {
         .await
         .map_err(|_| anyhow!("TLS handshake with {node}: timed out"))?
         .with_context(|| format!("TLS handshake with {node}"))?;
+        let tls_us = started.elapsed().as_micros();
         let peer = tls::peer_identity(tls.get_ref().1);
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -209,7 +221,15 @@ impl TunnelPool {
             }
         });
         self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%node, %source, serial, "tunnel session opened");
+        tracing::debug!(
+            %node,
+            %source,
+            serial,
+            tcp_us,
+            tls_us,
+            total_us = started.elapsed().as_micros(),
+            "tunnel session opened"
+        );
         Ok(Session {
             sender,
             info: SessionInfo {

@@ -30,6 +30,11 @@ pub enum Command {
     Rr(RrArgs),
     /// Throughput against a sink server.
     Bulk(BulkArgs),
+    /// New connections per second against an echo server: connect, echo, close, repeat.
+    ConnRate(ConnRateArgs),
+    /// Full TLS 1.3 mutual-auth handshakes per second with rustls alone, in process over
+    /// loopback TCP (no network, no mesh): the baseline for the mesh's session setup.
+    TlsHandshakes(TlsHandshakesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +122,36 @@ pub struct BulkArgs {
     pub timeout_ms: u64,
 }
 
+#[derive(Args, Debug)]
+pub struct ConnRateArgs {
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Run for this long (or until --count connections are done).
+    #[arg(long)]
+    pub seconds: f64,
+    /// Connections in flight at once, one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Stop after this many connections in total.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Bytes sent (and echoed) per connection.
+    #[arg(long, default_value_t = 1)]
+    pub size: usize,
+    /// Per connection: connect, send and receive timeout.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TlsHandshakesArgs {
+    #[arg(long)]
+    pub seconds: f64,
+    /// Client/server thread pairs handshaking at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +213,43 @@ mod tests {
             cli.command,
             Command::Bulk(BulkArgs { seconds: 0.5, .. })
         ));
+    }
+
+    #[test]
+    fn parses_rate_commands() {
+        let cli = parse(&["conn-rate", "--connect", "1.2.3.4:5", "--seconds", "2"]).unwrap();
+        let Command::ConnRate(a) = cli.command else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!((a.concurrency, a.count, a.size), (1, None, 1));
+
+        let cli = parse(&[
+            "conn-rate",
+            "--connect",
+            "1.2.3.4:5",
+            "--seconds",
+            "2",
+            "--concurrency",
+            "4",
+            "--count",
+            "50",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::ConnRate(ConnRateArgs {
+                concurrency: 4,
+                count: Some(50),
+                ..
+            })
+        ));
+
+        let cli = parse(&["tls-handshakes", "--seconds", "1", "--concurrency", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::TlsHandshakes(TlsHandshakesArgs { concurrency: 2, .. })
+        ));
+        assert!(parse(&["conn-rate", "--seconds", "1"]).is_err());
     }
 
     #[test]

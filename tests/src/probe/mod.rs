@@ -4,12 +4,14 @@
 mod bulk;
 pub mod cli;
 mod connect;
+mod connrate;
 pub mod datagen;
 mod handlers;
 pub mod output;
 mod rr;
 mod server;
 pub mod stats;
+mod tls_handshakes;
 mod transfer;
 
 use std::sync::Arc;
@@ -34,5 +36,7 @@ pub fn run(cli: &Cli) -> Result<bool> {
         Command::Connect(a) => Ok(connect::run(a)),
         Command::Rr(a) => rr::run(a),
         Command::Bulk(a) => bulk::run(a),
+        Command::ConnRate(a) => connrate::run(a),
+        Command::TlsHandshakes(a) => tls_handshakes::run(a),
     }
 }

@@ -23,9 +23,11 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context, Result, bail, ensure};
-use mesh_tests::mesh::{Mesh, MeshSpec, ServiceSpec};
+use mesh_tests::mesh::{Mesh, MeshSpec};
 use mesh_tests::sim::Proc;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use super::{median, number, round3, service};
 
 const ROUNDS: usize = 3;
 const RR_COUNT: &str = "20000";
@@ -312,16 +314,6 @@ fn start_servers(mesh: &Mesh) -> Result<Vec<Proc>> {
     Ok(servers)
 }
 
-fn service(name: &str, vip: SocketAddrV4, endpoint: &str) -> ServiceSpec {
-    ServiceSpec {
-        name: name.to_string(),
-        vip: *vip.ip(),
-        port: vip.port(),
-        target_port: vip.port(),
-        endpoints: vec![endpoint.to_string()],
-    }
-}
-
 /// A run that took the wrong path would make the comparison meaningless, so it is an error.
 fn check_path(scenario: Scenario, before: Option<u64>, after: Option<u64>) -> Result<()> {
     match (scenario, before, after) {
@@ -339,12 +331,6 @@ fn check_path(scenario: Scenario, before: Option<u64>, after: Option<u64>) -> Re
         }
         _ => bail!("agents in the wrong state for the {scenario} scenario"),
     }
-}
-
-fn number(v: &Value, field: &str) -> Result<f64> {
-    v[field]
-        .as_f64()
-        .with_context(|| format!("no number {field:?} in probe output {v}"))
 }
 
 /// One compared result: a scenario's median against the direct median.
@@ -382,22 +368,6 @@ fn median_of(samples: &Samples, metric: &'static str, scenario: Scenario) -> Res
         .get(&(metric, scenario))
         .with_context(|| format!("no samples of {metric} for {scenario}"))?;
     Ok(median(values))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-/// Three decimals: beyond that it is noise, and the lines stay readable.
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 fn print_json(rows: &[Row]) {

@@ -9,5 +9,5 @@ mod probe;
 pub use addr::{bytes_to_ip, ip_to_bytes};
 pub use events::spawn_event_reader;
 pub use load::{DataPath, remove_pins};
-pub use probe::require_root;
 pub use maps::SharedMaps;
+pub use probe::require_root;

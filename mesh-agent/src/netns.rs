@@ -61,3 +61,25 @@ pub fn netns_cookie(socket: &impl AsRawFd) -> Result<u64> {
     }
     Ok(cookie)
 }
+
+/// The kernel's cookie of a socket (SO_COOKIE), the same value bpf_get_socket_cookie() returns
+/// to the programs. Asking for it assigns it, so it is stable from then on.
+pub fn socket_cookie(socket: &impl AsRawFd) -> Result<u64> {
+    const SO_COOKIE: libc::c_int = 57;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointer and length for a u64 option.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_COOKIE)");
+    }
+    Ok(cookie)
+}

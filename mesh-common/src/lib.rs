@@ -23,6 +23,7 @@ pub mod map_names {
     pub const ORIG_DST_BY_COOKIE: &str = "MESH_ORIG_DST_BY_COOKIE";
     pub const ORIG_DST_BY_CLIENT: &str = "MESH_ORIG_DST_BY_CLIENT";
     pub const AGENT_ORIGINS: &str = "MESH_AGENT_ORIGINS";
+    pub const PENDING_ORIGINS: &str = "MESH_PENDING_ORIGINS";
     pub const CONNS: &str = "MESH_CONNS";
     pub const SOCKS: &str = "MESH_SOCKS";
     pub const EVENTS: &str = "MESH_EVENTS";
@@ -48,6 +49,7 @@ pub mod capacity {
     pub const POLICY: u32 = 65_536;
     pub const ORIG_DST: u32 = 262_144;
     pub const AGENT_ORIGINS: u32 = 16_384;
+    pub const PENDING_ORIGINS: u32 = 16_384;
     pub const CONNS: u32 = 262_144;
     pub const SOCKS: u32 = 262_144;
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
@@ -155,9 +157,12 @@ pub struct ClientKey {
 }
 
 /// A connection the agent is opening to a local workload on behalf of a client (inbound tunnel
-/// or same-node meshed connection). The agent binds its socket first (port 0, any address) to
-/// learn its source port, writes the entry, connects, and deletes the entry once connect()
-/// returns. cgroup_skb/ingress looks it up for every SYN to a workload:
+/// or same-node meshed connection). The agent does not bind first (bind-before-connect scans
+/// the port space when many sockets sit in TIME_WAIT): it records the client address under its
+/// socket's cookie in the pending-origins map (u64 cookie -> [`AgentOrigin`]) and connects;
+/// sock_ops at TCP_CONNECT, once the kernel has chosen the source port and before the SYN
+/// leaves, moves the entry here. The agent deletes it once connect() returns.
+/// cgroup_skb/ingress looks it up for every SYN to a workload:
 /// (TCP source port, destination address, destination port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

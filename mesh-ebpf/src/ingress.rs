@@ -5,10 +5,12 @@
 //! not looked at beyond the workload lookup.
 //!
 //! Rules judge the original client address. A meshed connection reaches its workload from the
-//! local agent (inbound tunnel, or a same-node meshed connection), so just before it connects
-//! the agent records (its source port, workload address, workload port) -> client address in
-//! `MESH_AGENT_ORIGINS`; a SYN that matches such an entry is judged by the client's address
-//! (counted as `INGRESS_VIA_AGENT`), any other SYN by its own source address.
+//! local agent (inbound tunnel, or a same-node meshed connection). Before it connects, the
+//! agent records the client address under its socket's cookie in `MESH_PENDING_ORIGINS`;
+//! sock_ops at TCP_CONNECT (source port chosen, SYN not yet sent) moves it to
+//! `MESH_AGENT_ORIGINS` as (agent source port, workload address, workload port) -> client
+//! address. A SYN that matches such an entry is judged by the client's address (counted as
+//! `INGRESS_VIA_AGENT`), any other SYN by its own source address.
 //!
 //! STRICT (`WORKLOAD_STRICT`): a SYN without an agent-origin entry is plaintext from outside
 //! the mesh and is dropped (`INGRESS_STRICT_DENIED`), except from a loopback source (the

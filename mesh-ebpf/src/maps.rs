@@ -48,12 +48,21 @@ pub static MESH_ORIG_DST_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
     LruHashMap::pinned(capacity::ORIG_DST, 0);
 
 /// Connections the agent is opening to a local workload on a client's behalf: (agent source
-/// port, workload address) -> the client's address. Written by the agent just before connect()
-/// and removed once it returns; cgroup_skb/ingress judges such SYNs by the client's address.
+/// port, workload address) -> the client's address. Written by sock_ops at TCP_CONNECT (from
+/// `MESH_PENDING_ORIGINS`), before the SYN leaves, and removed by the agent once connect()
+/// returns; cgroup_skb/ingress judges such SYNs by the client's address.
 /// LRU so that entries the agent failed to remove age out.
 #[map]
 pub static MESH_AGENT_ORIGINS: LruHashMap<AgentOriginKey, AgentOrigin> =
     LruHashMap::pinned(capacity::AGENT_ORIGINS, 0);
+
+/// Socket cookie of an agent socket about to connect to a local workload -> the client's
+/// address. Written by the agent before connect() (the source port is not known yet: the
+/// kernel picks it in connect()); sock_ops moves it into `MESH_AGENT_ORIGINS` at TCP_CONNECT.
+/// LRU so that entries neither side removed age out.
+#[map]
+pub static MESH_PENDING_ORIGINS: LruHashMap<u64, AgentOrigin> =
+    LruHashMap::pinned(capacity::PENDING_ORIGINS, 0);
 
 #[map]
 pub static MESH_CONNS: LruHashMap<SockKey, ConnStats> = LruHashMap::pinned(capacity::CONNS, 0);

@@ -1,7 +1,10 @@
 //! sock_ops: connection lifecycle for every TCP socket of the node's cgroup.
 //!
 //! - TCP_CONNECT: a redirected client socket now has its source port; publish its original
-//!   destination under (netns, client address) so the agent can find it on accept.
+//!   destination under (netns, client address) so the agent can find it on accept. An agent
+//!   socket connecting to a local workload on a client's behalf (entry in
+//!   `MESH_PENDING_ORIGINS` under its cookie) publishes the client's address under (its
+//!   source port, workload address) for cgroup_skb/ingress, before the SYN leaves.
 //! - ACTIVE/PASSIVE_ESTABLISHED: start the per-connection record, ask for state and RTT
 //!   callbacks, and add the socket to the fast-path sockhash.
 //! - RTT: refresh the live counters (what `mesh-agent flows` shows for open connections).
@@ -19,14 +22,17 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use mesh_common::{
-    CONN_ACTIVE, CONN_PASSIVE, CONN_REDIRECTED, ClientKey, ConnEvent, ConnStats, FIN_RECEIVED,
-    FIN_SENT, SockKey, stat,
+    AgentOrigin, AgentOriginKey, CONN_ACTIVE, CONN_PASSIVE, CONN_REDIRECTED, ClientKey, ConnEvent,
+    ConnStats, FIN_RECEIVED, FIN_SENT, SockKey, stat,
 };
 
 use crate::{
     common::{AF_INET, AF_INET6, Tuple, bump, config, current_cgroup},
     ctx_u32,
-    maps::{MESH_CONNS, MESH_EVENTS, MESH_ORIG_DST_BY_CLIENT, MESH_ORIG_DST_BY_COOKIE, MESH_SOCKS},
+    maps::{
+        MESH_AGENT_ORIGINS, MESH_CONNS, MESH_EVENTS, MESH_ORIG_DST_BY_CLIENT,
+        MESH_ORIG_DST_BY_COOKIE, MESH_PENDING_ORIGINS, MESH_SOCKS,
+    },
     read_tuple,
 };
 
@@ -165,6 +171,12 @@ fn on_connect(ctx: &SockOpsContext) {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The agent's sockets are never redirected, so a socket is either an agent connection to
+    // a local workload (pending origin) or possibly a redirected client, never both.
+    if let Some(origin) = unsafe { MESH_PENDING_ORIGINS.get(cookie) } {
+        publish_agent_origin(cookie, &tuple, *origin);
+        return;
+    }
     let Some(orig) = (unsafe { MESH_ORIG_DST_BY_COOKIE.get(cookie) }) else {
         return;
     };
@@ -178,6 +190,23 @@ fn on_connect(ctx: &SockOpsContext) {
     if MESH_ORIG_DST_BY_CLIENT.insert(key, orig, 0).is_err() {
         bump(stat::ORIG_DST_MISSING, 1);
     }
+}
+
+/// The agent is connecting to a local workload on a client's behalf: the kernel has just
+/// chosen the source port and the SYN has not left yet, so key the client's address by
+/// (agent port, workload address, workload port) for cgroup_skb/ingress to find.
+#[inline(always)]
+fn publish_agent_origin(cookie: u64, tuple: &Tuple, origin: AgentOrigin) {
+    let key = AgentOriginKey {
+        agent_port: tuple.local_port,
+        workload_port: tuple.remote_port,
+        _pad: [0; 4],
+        // IPv4-mapped for AF_INET; an AF_INET6 socket dialling a v4-mapped address already
+        // holds it in that form, which is also what the ingress program sees.
+        workload_ip: tuple.remote_ip(),
+    };
+    let _ = MESH_AGENT_ORIGINS.insert(&key, &origin, 0);
+    let _ = MESH_PENDING_ORIGINS.remove(cookie);
 }
 
 // A separate BPF function: each op handler gets its own 512-byte stack frame.

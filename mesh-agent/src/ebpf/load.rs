@@ -137,7 +137,7 @@ impl DataPath {
 }
 
 /// (name, key size, value size, max entries) of every pinned map, as mesh-ebpf defines it.
-fn pinned_layouts() -> [(&'static str, usize, usize, u32); 11] {
+fn pinned_layouts() -> [(&'static str, usize, usize, u32); 12] {
     use std::mem::size_of;
     let lpm_key = size_of::<u32>() + size_of::<PolicyKey>();
     [
@@ -174,6 +174,12 @@ fn pinned_layouts() -> [(&'static str, usize, usize, u32); 11] {
             size_of::<AgentOriginKey>(),
             size_of::<AgentOrigin>(),
             capacity::AGENT_ORIGINS,
+        ),
+        (
+            map_names::PENDING_ORIGINS,
+            8,
+            size_of::<AgentOrigin>(),
+            capacity::PENDING_ORIGINS,
         ),
         (
             map_names::CONNS,

@@ -34,6 +34,7 @@ pub struct SharedMaps {
     ingress: Mutex<LpmTrie<MapData, PolicyKey, u32>>,
     orig_by_client: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
     agent_origins: Mutex<HashMap<MapData, AgentOriginKey, AgentOrigin>>,
+    pending_origins: Mutex<HashMap<MapData, u64, AgentOrigin>>,
     conns: Mutex<HashMap<MapData, SockKey, ConnStats>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
     events: Mutex<Option<RingBuf<MapData>>>,
@@ -56,6 +57,9 @@ pub struct MapUsage {
     /// Agent connections to local workloads in flight (entries outlive connect() only when
     /// the agent failed to remove them).
     pub agent_origins: usize,
+    /// Agent sockets whose origin sock_ops has not yet published (entries outlive connect()
+    /// only when the agent failed to remove them).
+    pub pending_origins: usize,
 }
 
 impl SharedMaps {
@@ -71,6 +75,7 @@ impl SharedMaps {
                 map_names::ORIG_DST_BY_CLIENT,
             )?)?),
             agent_origins: Mutex::new(HashMap::try_from(take(bpf, map_names::AGENT_ORIGINS)?)?),
+            pending_origins: Mutex::new(HashMap::try_from(take(bpf, map_names::PENDING_ORIGINS)?)?),
             conns: Mutex::new(HashMap::try_from(take(bpf, map_names::CONNS)?)?),
             stats: Mutex::new(PerCpuArray::try_from(take(bpf, map_names::STATS)?)?),
             events: Mutex::new(Some(RingBuf::try_from(take(bpf, map_names::EVENTS)?)?)),
@@ -146,33 +151,41 @@ impl SharedMaps {
         Some(value)
     }
 
-    /// Records that the agent's socket bound to local port `agent_port` is about to connect to
-    /// the local workload `workload` on behalf of a client at `origin`, so that the ingress
-    /// program judges the SYN by `origin` (and lets it through a STRICT workload). Call it after
-    /// bind() and before connect(); call [`SharedMaps::remove_agent_origin`] once connect()
-    /// returns, whatever the outcome.
-    pub fn register_agent_origin(
-        &self,
-        agent_port: u16,
-        workload: SocketAddr,
-        origin: IpAddr,
-    ) -> Result<()> {
-        let key = agent_origin_key(agent_port, workload);
+    /// Records that the agent's socket with cookie `cookie` (SO_COOKIE) is about to connect to
+    /// a local workload on behalf of a client at `origin`. The agent does not bind first (a
+    /// bind to port 0 scans the port space when many sockets sit in TIME_WAIT), so the source
+    /// port is unknown here: sock_ops at TCP_CONNECT, once the kernel has picked the port and
+    /// before the SYN leaves, moves the entry to the agent-origins map keyed by (agent port,
+    /// workload address), where the ingress program judges the SYN by `origin` (and lets it
+    /// through a STRICT workload). Call it before connect(); once connect() returns call
+    /// [`SharedMaps::remove_pending_origin`] and [`SharedMaps::remove_agent_origin`].
+    pub fn register_pending_origin(&self, cookie: u64, origin: IpAddr) -> Result<()> {
         let value = AgentOrigin {
             src_ip: ip_to_bytes(origin),
             flags: 0,
             _pad: 0,
         };
         let mut map = self
-            .agent_origins
+            .pending_origins
             .lock()
-            .map_err(|_| anyhow!("agent origin map lock poisoned"))?;
-        map.insert(key, value, 0)
-            .with_context(|| format!("cannot record agent origin {agent_port} -> {workload}"))
+            .map_err(|_| anyhow!("pending origin map lock poisoned"))?;
+        map.insert(cookie, value, 0)
+            .with_context(|| format!("cannot record the origin of socket {cookie}"))
     }
 
-    /// Forgets the entry of [`SharedMaps::register_agent_origin`]; a missing entry (evicted,
-    /// or never written) is fine.
+    /// Forgets the entry of [`SharedMaps::register_pending_origin`] if sock_ops did not
+    /// consume it (connect() failed before the SYN); a missing entry is the normal case.
+    pub fn remove_pending_origin(&self, cookie: u64) {
+        if let Ok(mut map) = self.pending_origins.lock()
+            && let Err(e) = ignore_missing(map.remove(&cookie))
+        {
+            tracing::debug!("cannot remove the pending origin of socket {cookie}: {e:#}");
+        }
+    }
+
+    /// Forgets the entry sock_ops wrote for the agent's socket with local port `agent_port`
+    /// connecting to `workload` (see [`SharedMaps::register_pending_origin`]); a missing entry
+    /// (evicted, or never written) is fine.
     pub fn remove_agent_origin(&self, agent_port: u16, workload: SocketAddr) {
         let key = agent_origin_key(agent_port, workload);
         if let Ok(mut map) = self.agent_origins.lock()
@@ -221,6 +234,7 @@ impl SharedMaps {
             ingress_rules: count_lpm(&self.ingress),
             live_connections: count(&self.conns),
             agent_origins: count(&self.agent_origins),
+            pending_origins: count(&self.pending_origins),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -120,25 +121,66 @@ async fn connect_with_origin(
     } else {
         TcpSocket::new_v6()?
     };
-    // Bind first so the local port is known before the SYN leaves: the ingress program finds
-    // the origin by (agent port, workload address, workload port).
-    let any: IpAddr = if target.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    socket.bind(SocketAddr::new(any, 0))?;
     socket.set_nodelay(true)?;
-    let port = socket.local_addr()?.port();
-    if let Err(e) = shared.maps.register_agent_origin(port, target, origin) {
+    // The ingress program finds the origin by (agent port, workload address, workload port),
+    // but binding to port 0 before connect() to learn the port is slow: such a bind cannot
+    // share a port by 4-tuple, so with many sockets in TIME_WAIT each one scans the port
+    // space. Instead the origin goes under the socket's cookie, and sock_ops moves it under
+    // the source port at TCP_CONNECT, after connect() picked the port and before the SYN.
+    let cookie = match crate::netns::socket_cookie(&socket) {
+        Ok(cookie) => Some(cookie),
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot read the socket cookie; the connection's origin is not recorded"
+            );
+            None
+        }
+    };
+    if let Some(cookie) = cookie
+        && let Err(e) = shared.maps.register_pending_origin(cookie, origin)
+    {
         tracing::warn!(
             error = format!("{e:#}"),
             "cannot record the connection's origin"
         );
     }
-    let result = socket.connect(target).await;
-    shared.maps.remove_agent_origin(port, target);
+    // Start connect() by hand on the non-blocking socket (not TcpSocket::connect, which
+    // consumes the socket): the source port is known as soon as connect() returns
+    // EINPROGRESS, so the entry sock_ops published can be removed also when the connection
+    // then fails.
+    // SAFETY: the fd comes straight from the TcpSocket, which gives up its ownership.
+    let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+    let std_stream = std::net::TcpStream::from(fd);
+    let started = match nix::sys::socket::connect(
+        std_stream.as_raw_fd(),
+        &nix::sys::socket::SockaddrStorage::from(target),
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e)),
+    };
+    let port = std_stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let result = match started {
+        Ok(()) => finish_connect(std_stream).await,
+        Err(e) => Err(e),
+    };
+    if let Some(cookie) = cookie {
+        shared.maps.remove_pending_origin(cookie);
+    }
+    if port != 0 {
+        shared.maps.remove_agent_origin(port, target);
+    }
     result
+}
+
+/// Waits for a non-blocking connect() to complete, as TcpSocket::connect does.
+async fn finish_connect(std_stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::from_std(std_stream)?;
+    stream.writable().await?;
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    Ok(stream)
 }
 
 /// Binds the tunnel listener on the node's address when it is configured (peers dial exactly

@@ -364,6 +364,23 @@ mod tests {
         SpiffeId::new(TD, "default", "web")
     }
 
+    /// A resumed TLS 1.3 session keeps the client identity of its first handshake without a
+    /// certificate being presented again, so neither side may offer resumption.
+    #[test]
+    fn no_session_resumption_on_either_side() {
+        let (_dir, mgr) = manager();
+        let server = server_config(mgr.clone()).unwrap();
+        assert_eq!(server.send_tls13_tickets, 0);
+        assert!(!server.session_storage.can_cache());
+        let client = client_config(mgr, web()).unwrap();
+        // The client's store is private; its Debug form names the storage in use.
+        let resumption = format!("{:?}", client.resumption);
+        assert!(
+            resumption.contains("NoClientSessionStorage"),
+            "client may resume: {resumption}"
+        );
+    }
+
     /// A client presenting a fixed certificate (or none).
     #[derive(Debug)]
     struct Fixed(Option<Arc<CertifiedKey>>);

@@ -44,42 +44,32 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
 /// value bpf_get_netns_cookie() returns to the programs.
 pub fn netns_cookie(socket: &impl AsRawFd) -> Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, out-pointer and length for a u64 option.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
-    }
-    Ok(cookie)
+    socket_option_u64(socket, SO_NETNS_COOKIE).context("getsockopt(SO_NETNS_COOKIE)")
 }
 
 /// The kernel's cookie of a socket (SO_COOKIE), the same value bpf_get_socket_cookie() returns
 /// to the programs. Asking for it assigns it, so it is stable from then on.
 pub fn socket_cookie(socket: &impl AsRawFd) -> Result<u64> {
     const SO_COOKIE: libc::c_int = 57;
-    let mut cookie: u64 = 0;
+    socket_option_u64(socket, SO_COOKIE).context("getsockopt(SO_COOKIE)")
+}
+
+/// A u64 SOL_SOCKET option (libc's getsockopt, for options nix has no wrapper for).
+fn socket_option_u64(socket: &impl AsRawFd, option: libc::c_int) -> std::io::Result<u64> {
+    let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointer and length for a u64 option.
     let rc = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
+            option,
+            (&mut value as *mut u64).cast(),
             &mut len,
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_COOKIE)");
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
 }

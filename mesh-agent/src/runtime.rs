@@ -182,10 +182,8 @@ fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
         cfg.trust_domain.clone(),
         cfg.cert_lifetime,
     ));
-    let mut ids = vec![state.agent_identity()];
-    ids.extend(state.workloads.iter().map(|w| w.identity.clone()));
     manager
-        .ensure(&ids)
+        .ensure(&state.local_identities())
         .context("cannot issue workload certificates")?;
     Ok(manager)
 }
@@ -243,12 +241,7 @@ pub async fn run(config: Config) -> Result<()> {
         inbound_stats: InboundStats::default(),
         inbound_sessions: Default::default(),
     });
-    {
-        let state = shared.state();
-        let mut sources = vec![state.agent_identity()];
-        sources.extend(state.workloads.iter().map(|w| w.identity.clone()));
-        shared.tunnels.prepare(&sources)?;
-    }
+    shared.tunnels.prepare(&shared.state().local_identities())?;
     identity.spawn_rotation();
     proxy::inbound::spawn_listener(tunnel_listener, tunnel_tls, shared.clone())?;
     if let Some(ring) = events {

@@ -212,6 +212,13 @@ impl State {
         crate::identity::agent_id(&self.config.identity.trust_domain)
     }
 
+    /// Every identity this node speaks as: the agent's own and each local workload's.
+    pub fn local_identities(&self) -> Vec<SpiffeId> {
+        let mut ids = vec![self.agent_identity()];
+        ids.extend(self.workloads.iter().map(|w| w.identity.clone()));
+        ids
+    }
+
     /// The address reported as the original client of a connection from `source`: the
     /// workload's own address of the destination's family, else this node's address.
     pub fn origin_address(&self, source: Option<&WorkloadState>, v6: bool) -> IpAddr {

@@ -24,6 +24,15 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
 
+pub mod routes;
+pub use routes::{
+    BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
+    HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpSettings,
+    LoadBalancer, OutlierDetection, ParentRef, PathMatch, PathModifier, PortProtocol, Protocol,
+    QueryParamMatch, RequestMirror, RequestRedirect, RetryBudget, RetryPolicy, RouteTimeouts,
+    StringMatch, UrlRewrite,
+};
+
 /// Where BPF maps are pinned when `node.bpffs` is not set.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/mesh-agent";
 /// The transparent-proxy listener port when `node.outbound_port` is not set.
@@ -63,6 +72,12 @@ pub struct Config {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
     pub authorization: Vec<AuthorizationPolicy>,
+    /// The `http:` section (protocol detection, header limit, retry budget).
+    pub http: HttpSettings,
+    /// Gateway API HTTPRoutes attached to services (`http_routes:`).
+    pub http_routes: Vec<HttpRoute>,
+    /// Gateway API GRPCRoutes attached to services (`grpc_routes:`).
+    pub grpc_routes: Vec<GrpcRoute>,
 }
 
 /// Settings of the node the agent runs on.
@@ -217,6 +232,10 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
+    /// Endpoint selection for L7 requests (L4 connections are round robin).
+    pub load_balancer: LoadBalancer,
+    /// `None`: endpoints are never ejected.
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// A service port and the endpoint port it maps to.
@@ -226,6 +245,7 @@ pub struct ServicePort {
     /// Defaults to `port`.
     pub target_port: u16,
     pub name: Option<String>,
+    pub protocol: PortProtocol,
 }
 
 /// A backend of a service.
@@ -295,7 +315,7 @@ pub struct AuthzOperation {
 
 /// Serializes a duration as a whole number of hours, minutes or seconds
 /// (`24h`, `90m`, `10s`), the largest unit that represents it exactly.
-fn serialize_duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&format_duration(d))
 }
 
@@ -495,6 +515,9 @@ fn builtin_default() -> Config {
         workloads: Vec::new(),
         services: Vec::new(),
         authorization: Vec::new(),
+        http: HttpSettings::default(),
+        http_routes: Vec::new(),
+        grpc_routes: Vec::new(),
     }
 }
 
@@ -936,6 +959,9 @@ impl Checker<'_> {
             workloads,
             services,
             authorization,
+            http: HttpSettings::default(),
+            http_routes: Vec::new(),
+            grpc_routes: Vec::new(),
         })
     }
 
@@ -1478,6 +1504,7 @@ impl Checker<'_> {
                     port,
                     target_port,
                     name: raw_port.name.clone(),
+                    protocol: PortProtocol::Detect,
                 });
             }
 
@@ -1525,6 +1552,8 @@ impl Checker<'_> {
                 vips,
                 ports,
                 endpoints,
+                load_balancer: LoadBalancer::default(),
+                outlier_detection: None,
             });
         }
         Ok(out)

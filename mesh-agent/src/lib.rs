@@ -11,6 +11,7 @@ pub mod config;
 pub mod ebpf;
 pub mod flows;
 pub mod identity;
+pub mod l7;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! Admin server on 127.0.0.1:15000: /flows, /stats, /config_dump, /certs, /tunnels,
+//! Admin server on 127.0.0.1:15000: /flows, /stats, /config_dump, /certs, /tunnels, /backends,
 //! /healthz/ready.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
@@ -80,6 +80,8 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
                 },
                 "inbound": shared.inbound_stats,
                 "tunnel": shared.tunnels.stats,
+                "http": shared.http_stats,
+                "http_upstream": shared.upstreams.stats,
                 "identity": {"rotations": shared.identity.rotations()},
                 "programs": shared.programs,
                 "listeners": shared.listeners,
@@ -100,6 +102,16 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
                 "inbound": shared.inbound_sessions(),
             }),
         ),
+        "/backends" => {
+            let state = shared.state();
+            let mut keys: Vec<_> = state.backends.keys().collect();
+            keys.sort();
+            let backends: Vec<_> = keys
+                .into_iter()
+                .filter_map(|k| state.backends.get(k).map(|b| b.snapshot()))
+                .collect();
+            json_response(StatusCode::OK, json!(backends))
+        }
         "/config_dump" => {
             let state = shared.state();
             json_response(
@@ -116,7 +128,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         }
         _ => json_response(
             StatusCode::NOT_FOUND,
-            json!({"error": "not found", "paths": ["/flows", "/stats", "/config_dump", "/certs", "/tunnels", "/healthz/ready"]}),
+            json!({"error": "not found", "paths": ["/flows", "/stats", "/config_dump", "/certs", "/tunnels", "/backends", "/healthz/ready"]}),
         ),
     }
 }

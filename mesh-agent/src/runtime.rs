@@ -60,6 +60,8 @@ pub struct Shared {
     pub identity: Arc<IdentityManager>,
     pub tunnels: TunnelPool,
     pub inbound_stats: InboundStats,
+    pub http_stats: crate::l7::stats::HttpStats,
+    pub upstreams: crate::l7::upstream::UpstreamPool,
     inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
@@ -239,6 +241,8 @@ pub async fn run(config: Config) -> Result<()> {
         tunnels: TunnelPool::new(identity.clone()),
         identity: identity.clone(),
         inbound_stats: InboundStats::default(),
+        http_stats: Default::default(),
+        upstreams: Default::default(),
         inbound_sessions: Default::default(),
     });
     shared.tunnels.prepare(&shared.state().local_identities())?;

@@ -6,7 +6,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use anyhow::{Context, Result};
@@ -14,8 +17,9 @@ use serde::Serialize;
 
 use crate::{
     cgroup,
-    config::{Config, EgressRule, IngressRule, NodeConfig, PeerAuthMode},
+    config::{Config, EgressRule, IngressRule, NodeConfig, PeerAuthMode, PortProtocol},
     identity::SpiffeId,
+    l7::{BackendKey, backend::Backend, matcher::RouteTable},
 };
 
 #[derive(Debug, Serialize)]
@@ -71,6 +75,26 @@ pub struct Destination {
     /// Upstreams to pick from: all endpoints for a VIP, the endpoint itself otherwise.
     pub upstreams: Vec<Upstream>,
     next: AtomicUsize,
+    /// The service port behind a VIP, for the L7 path. `None` for an endpoint dialled
+    /// directly: that connection asked for one specific pod, so it is relayed as TCP.
+    pub l7: Option<L7Port>,
+}
+
+/// A service port as the L7 path sees it.
+pub struct L7Port {
+    pub service: BackendKey,
+    pub protocol: PortProtocol,
+    pub routes: Arc<RouteTable>,
+}
+
+impl std::fmt::Debug for L7Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L7Port")
+            .field("service", &self.service)
+            .field("protocol", &self.protocol)
+            .field("has_routes", &self.routes.has_routes())
+            .finish()
+    }
 }
 
 impl Destination {
@@ -84,12 +108,25 @@ impl Destination {
     }
 }
 
-#[derive(Debug)]
 pub struct State {
     pub node: NodeConfig,
     pub workloads: Vec<WorkloadState>,
     pub destinations: HashMap<SocketAddr, Destination>,
+    /// Every service port as an L7 backend (endpoints, load balancer, outlier detection,
+    /// retry budget).
+    pub backends: HashMap<BackendKey, Arc<Backend>>,
     pub config: Config,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("node", &self.node)
+            .field("workloads", &self.workloads)
+            .field("destinations", &self.destinations)
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// IPv4-mapped IPv6 addresses are the same destination as their IPv4 form.
@@ -146,6 +183,7 @@ impl State {
             }
         };
         let mut destinations = HashMap::new();
+        let mut backends = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             let service_id = i as u32 + 1;
             let label = format!("{}.{}", s.name, s.namespace);
@@ -158,6 +196,22 @@ impl State {
                         via: tunnel_of(&e.node),
                     })
                     .collect();
+                let key = BackendKey {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    port: p.port,
+                };
+                backends.insert(
+                    key.clone(),
+                    Arc::new(Backend::new(
+                        key.clone(),
+                        upstreams.clone(),
+                        s.load_balancer,
+                        s.outlier_detection.clone(),
+                        &config.http.retry_budget,
+                    )),
+                );
+                let routes = Arc::new(RouteTable::build(&config, &s.namespace, &s.name, p.port));
                 for vip in &s.vips {
                     destinations.insert(
                         SocketAddr::new(canonical_ip(*vip), p.port),
@@ -166,6 +220,11 @@ impl State {
                             service: label.clone(),
                             upstreams: upstreams.clone(),
                             next: AtomicUsize::new(0),
+                            l7: Some(L7Port {
+                                service: key.clone(),
+                                protocol: p.protocol,
+                                routes: routes.clone(),
+                            }),
                         },
                     );
                 }
@@ -178,6 +237,7 @@ impl State {
                             service: label.clone(),
                             upstreams: vec![upstream],
                             next: AtomicUsize::new(0),
+                            l7: None,
                         });
                 }
             }
@@ -186,6 +246,7 @@ impl State {
             node: config.node.clone(),
             workloads,
             destinations,
+            backends,
             config,
         })
     }

@@ -8,9 +8,16 @@
 //! L4: it only sees CONNECT streams.
 
 pub mod backend;
+pub mod body;
 pub mod budget;
+pub mod detect;
 pub mod filters;
+pub mod flags;
+pub mod headers;
 pub mod matcher;
+pub mod proxy;
+pub mod stats;
+pub mod upstream;
 
 use serde::Serialize;
 

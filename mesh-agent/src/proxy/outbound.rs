@@ -11,7 +11,13 @@ use mesh_common::ClientKey;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
+    config::{PortProtocol, Protocol},
     ebpf::{bytes_to_ip, ip_to_bytes},
+    l7::{
+        self,
+        detect::{self, Detected},
+        stats::HttpStats,
+    },
     proxy::inbound,
     runtime::Shared,
     state::Via,
@@ -38,7 +44,7 @@ pub fn spawn_listener(listener: std::net::TcpListener, netns_cookie: u64, shared
             shared.proxy_stats.accepted.fetch_add(1, Ordering::Relaxed);
             let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(client, peer, netns_cookie, &shared).await {
+                if let Err(e) = handle(client, peer, netns_cookie, shared.clone()).await {
                     shared.proxy_stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%peer, error = format!("{e:#}"), "outbound connection failed");
                 }
@@ -51,7 +57,7 @@ async fn handle(
     client: TcpStream,
     peer: SocketAddr,
     netns_cookie: u64,
-    shared: &Shared,
+    shared: Arc<Shared>,
 ) -> Result<()> {
     let key = ClientKey {
         netns_cookie,
@@ -70,20 +76,55 @@ async fn handle(
     let destination = state
         .destination(original)
         .ok_or_else(|| anyhow!("{original} is no longer a meshed destination"))?;
-    let upstream = destination
-        .pick()
-        .ok_or_else(|| anyhow!("service {} has no endpoints", destination.service))?
-        .clone();
     let source = state.workload_by_cgroup(orig.cgroup_id);
     // Processes of the node that are not declared workloads speak as the node agent.
     let identity = source
         .map(|w| w.identity.clone())
         .unwrap_or_else(|| state.agent_identity());
+    let l7 = destination.l7.as_ref().map(|p| (p.protocol, state.config.http.detection_timeout));
+    client.set_nodelay(true)?;
+    if let Some((protocol, detection_timeout)) = l7 {
+        let upstream_h2 = match protocol {
+            PortProtocol::Declared(Protocol::Tcp) => None,
+            PortProtocol::Declared(Protocol::Http) => Some(Some(false)),
+            PortProtocol::Declared(Protocol::Http2 | Protocol::Grpc) => Some(Some(true)),
+            PortProtocol::Detect => {
+                let detected = detect::sniff(&client, detection_timeout).await;
+                let stats = &shared.http_stats;
+                if detected == Detected::Tcp {
+                    HttpStats::bump(&stats.detected_tcp);
+                    None
+                } else {
+                    HttpStats::bump(&stats.detected_http);
+                    Some(None)
+                }
+            }
+        };
+        if let Some(upstream_h2) = upstream_h2 {
+            // The upstream is a matter of each request; the connection stays with us.
+            let connection = l7::proxy::Connection {
+                shared: shared.clone(),
+                origin: state.origin_address(source, original.is_ipv6()),
+                identity,
+                original,
+                peer,
+                upstream_h2,
+            };
+            drop(state);
+            tracing::debug!(%peer, %original, "serving HTTP");
+            l7::proxy::serve(client, connection).await;
+            return Ok(());
+        }
+    }
+    let upstream = destination
+        .pick()
+        .ok_or_else(|| anyhow!("service {} has no endpoints", destination.service))?
+        .clone();
     let origin = state.origin_address(source, upstream.addr.is_ipv6());
     let service = destination.service.clone();
     drop(state);
-    client.set_nodelay(true)?;
     tracing::debug!(%peer, %original, upstream = %upstream.addr, via = ?upstream.via, %identity, %service, "relaying");
+    let shared = &*shared;
 
     let result = match &upstream.via {
         Via::Direct => {

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode, body::Bytes, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -39,6 +39,17 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME: u32 = 256 * 1024;
 pub const SEND_BUFFER: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The destination agent answered the CONNECT with a refusal (403: authorization, 404: not a
+/// workload of that node); callers tell it apart from a failure to reach the agent.
+#[derive(Debug, thiserror::Error)]
+#[error("agent at {node} refused CONNECT {target}: {status} {reason}")]
+pub struct ConnectRefused {
+    pub node: SocketAddr,
+    pub target: SocketAddr,
+    pub status: StatusCode,
+    pub reason: String,
+}
 
 #[derive(Default, Serialize)]
 pub struct TunnelClientStats {
@@ -156,10 +167,13 @@ impl TunnelPool {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            bail!(
-                "agent at {node} refused CONNECT {target}: {} {reason}",
-                response.status()
-            );
+            return Err(ConnectRefused {
+                node,
+                target,
+                status: response.status(),
+                reason,
+            }
+            .into());
         }
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         let upgraded = hyper::upgrade::on(response)

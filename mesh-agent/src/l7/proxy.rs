@@ -1,0 +1,393 @@
+//! The L7 path of one client connection: hyper serves HTTP/1.1 and h2c on it, and every
+//! request is routed on its own (route match, filters, backend choice, attempts with
+//! timeouts and budgeted retries, outlier detection) and sent over pooled upstream
+//! connections.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response, Version, request::Parts};
+use http_body_util::BodyExt;
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::net::TcpStream;
+
+use super::{
+    backend::{Backend, Outcome, Pick},
+    BackendKey,
+    body::{Prepared, ReqBody, RespBody, boxed, empty},
+    budget,
+    filters,
+    flags::{self, ResponseFlag, local_reply},
+    headers,
+    matcher::{CompiledRule, RequestHead},
+    stats::HttpStats,
+    upstream::{SendError, Source},
+};
+use crate::{config::RequestMirror, identity::SpiffeId, runtime::Shared, state::State};
+
+/// hyper refuses HTTP/1 read buffers below 8 KiB; smaller `max_header_bytes` still caps the
+/// header count through `max_headers`.
+const MIN_H1_BUFFER: usize = 8192;
+
+/// What is known about a client connection when its first request arrives.
+pub struct Connection {
+    pub shared: Arc<Shared>,
+    /// The identity requests are sent as (the source workload's).
+    pub identity: SpiffeId,
+    pub origin: IpAddr,
+    /// The address the client dialled (VIP:port), which selects the routes.
+    pub original: SocketAddr,
+    pub peer: SocketAddr,
+    /// HTTP/2 to the backends (`Some(true)`: http2/grpc ports), HTTP/1.1 (`Some(false)`:
+    /// http ports) or the client's own version (detected ports).
+    pub upstream_h2: Option<bool>,
+}
+
+/// Serves the client connection until it closes.
+pub async fn serve(client: TcpStream, conn: Connection) {
+    let conn = Arc::new(conn);
+    let shared = conn.shared.clone();
+    HttpStats::bump(&shared.http_stats.connections);
+    let settings = shared.state().config.http.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(settings.max_header_bytes.max(MIN_H1_BUFFER));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    if conn.upstream_h2 == Some(true) {
+        builder = builder.http2_only();
+    }
+    let peer = conn.peer;
+    let service = service_fn(move |request| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&conn, request).await) }
+    });
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(client), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespBody> {
+    let stats = &conn.shared.http_stats;
+    HttpStats::bump(&stats.requests);
+    let grpc = is_grpc(&request);
+    let mut response = route(conn, request, grpc).await;
+    headers::strip_hop_by_hop(response.headers_mut());
+    stats.count_status(response.status().as_u16());
+    response
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody> {
+    HttpStats::bump(&conn.shared.http_stats.local_replies);
+    local_reply(flag, grpc)
+}
+
+async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Response<RespBody> {
+    let state = conn.shared.state();
+    let Some(port) = state
+        .destination(conn.original)
+        .and_then(|d| d.l7.as_ref())
+    else {
+        return reply(conn, ResponseFlag::NoRoute, grpc);
+    };
+    if request.method() == http::Method::CONNECT {
+        // Tunnelling through an L7 port would bypass routing; HTTP proxies refuse it too.
+        let mut r = reply(conn, ResponseFlag::NoRoute, grpc);
+        *r.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        return r;
+    }
+    let head = RequestHead {
+        method: request.method(),
+        host: headers::request_host(request.uri(), request.headers()),
+        path: request.uri().path(),
+        query: request.uri().query(),
+        headers: request.headers(),
+        grpc,
+    };
+    let Some(matched) = port.routes.find(&head) else {
+        return reply(conn, ResponseFlag::NoRoute, grpc);
+    };
+    let rule = matched.rule;
+    let prefix = matched.matched_prefix.map(str::to_owned);
+    let (mut parts, body) = request.into_parts();
+    if let Some(redirect) = rule.redirect() {
+        let mut response = filters::redirect_response(redirect, prefix.as_deref(), &parts).map(|()| empty());
+        filters::apply_response_filters(rule, response.headers_mut());
+        return response;
+    }
+    let Some(backend) = rule
+        .pick_backend()
+        .and_then(|key| state.backends.get(key).cloned())
+    else {
+        return reply(conn, ResponseFlag::NoCluster, grpc);
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    filters::apply_request_filters(rule, prefix.as_deref(), &mut parts);
+    let replay = rule.retry.is_some() || !rule.mirrors.is_empty();
+    let mut body = match Prepared::new(body, replay).await {
+        Ok(b) => b,
+        // The client stopped sending its body; nobody is left to answer.
+        Err(_) => return reply(conn, ResponseFlag::DownstreamConnectionTermination, grpc),
+    };
+    let upstream_h2 = conn
+        .upstream_h2
+        .unwrap_or(parts.version == Version::HTTP_2);
+    for mirror in &rule.mirrors {
+        mirror_request(conn, &state, mirror, &parts, &body, upstream_h2);
+    }
+    backend.budget().deposit();
+    let attempts = attempts(conn, &backend, rule, &parts, &mut body, upstream_h2, grpc);
+    let mut response = match rule.timeouts.request {
+        Some(limit) => match tokio::time::timeout(limit, attempts).await {
+            Ok(r) => r,
+            Err(_) => {
+                HttpStats::bump(&conn.shared.http_stats.timeouts);
+                reply(conn, ResponseFlag::UpstreamRequestTimeout, grpc)
+            }
+        },
+        None => attempts.await,
+    };
+    filters::apply_response_filters(rule, response.headers_mut());
+    response
+}
+
+/// Sends the request, retrying per the rule's policy and the backend's budget.
+async fn attempts(
+    conn: &Connection,
+    backend: &Arc<Backend>,
+    rule: &CompiledRule,
+    parts: &Parts,
+    body: &mut Prepared,
+    upstream_h2: bool,
+    grpc: bool,
+) -> Response<RespBody> {
+    let stats = &conn.shared.http_stats;
+    let policy = rule.retry.as_ref();
+    let max_retries = policy.map_or(0, |p| p.attempts);
+    let source = Source {
+        identity: &conn.identity,
+        origin: conn.origin,
+    };
+    let mut retries = 0;
+    let mut avoid = None;
+    loop {
+        let Some(pick) = backend.pick(avoid) else {
+            return reply(conn, ResponseFlag::NoHealthyUpstream, grpc);
+        };
+        let Some(request_body) = body.take() else {
+            return reply(conn, ResponseFlag::UpstreamConnectionTermination, grpc);
+        };
+        let request = upstream_request(parts, request_body, upstream_h2, pick.addr());
+        let send = conn
+            .shared
+            .upstreams
+            .send(&conn.shared, &source, pick.upstream(), upstream_h2, request);
+        let result = match rule.timeouts.backend_request {
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .unwrap_or(Err(SendError::Timeout)),
+            None => send.await,
+        };
+        let outcome = match &result {
+            Ok(r) => Outcome::Response(r.status().as_u16()),
+            Err(SendError::Refused(_)) => Outcome::Refused,
+            Err(SendError::Connect(_)) => Outcome::ConnectFailure,
+            Err(SendError::Request(_)) => Outcome::Reset,
+            Err(SendError::Timeout) => Outcome::Timeout,
+        };
+        if backend.report(pick.addr(), &outcome) {
+            HttpStats::bump(&stats.ejections);
+            tracing::info!(endpoint = %pick.addr(), backend = %backend.key(), "endpoint ejected by outlier detection");
+        }
+        if let Err(e) = &result {
+            tracing::debug!(endpoint = %pick.addr(), backend = %backend.key(), error = %e, "upstream attempt failed");
+        }
+        let retriable = policy.is_some_and(|p| match &outcome {
+            Outcome::Response(status) => p.codes.contains(status),
+            Outcome::ConnectFailure => p.connect_failure,
+            Outcome::Reset | Outcome::Timeout => p.reset,
+            Outcome::Refused => false,
+        });
+        if retriable && retries < max_retries && body.is_replayable() {
+            if !backend.budget().withdraw() {
+                HttpStats::bump(&stats.retries_budget_exhausted);
+                let mut response = finish(conn, result, pick, grpc);
+                flags::mark(&mut response, ResponseFlag::RetryBudgetExhausted);
+                return response;
+            }
+            retries += 1;
+            HttpStats::bump(&stats.retries);
+            avoid = Some(pick.addr());
+            drop(pick);
+            let base = policy.map(|p| p.backoff).unwrap_or_default();
+            tokio::time::sleep(budget::backoff(base, retries)).await;
+            continue;
+        }
+        let exhausted = retriable && retries > 0;
+        let mut response = finish(conn, result, pick, grpc);
+        if exhausted && response.headers().get(flags::FLAGS_HEADER).is_none() {
+            flags::mark(&mut response, ResponseFlag::UpstreamRetryLimitExceeded);
+        }
+        return response;
+    }
+}
+
+/// The client's answer for one attempt's result.
+fn finish(
+    conn: &Connection,
+    result: Result<Response<Incoming>, SendError>,
+    pick: Pick,
+    grpc: bool,
+) -> Response<RespBody> {
+    match result {
+        // The pick travels with the body so that least-request counts the request as active
+        // until its response has been streamed.
+        Ok(response) => response.map(|body| boxed(Tracked { body, _pick: pick })),
+        Err(SendError::Refused(_)) => reply(conn, ResponseFlag::RbacDenied, grpc),
+        Err(SendError::Connect(_)) => reply(conn, ResponseFlag::UpstreamConnectFailure, grpc),
+        Err(SendError::Request(_)) => {
+            reply(conn, ResponseFlag::UpstreamConnectionTermination, grpc)
+        }
+        Err(SendError::Timeout) => {
+            HttpStats::bump(&conn.shared.http_stats.timeouts);
+            reply(conn, ResponseFlag::UpstreamRequestTimeout, grpc)
+        }
+    }
+}
+
+/// A copy of the client's request head for one attempt, targeted for the upstream version.
+fn upstream_request(
+    parts: &Parts,
+    body: ReqBody,
+    upstream_h2: bool,
+    endpoint: SocketAddr,
+) -> Request<ReqBody> {
+    let mut uri = parts.uri.clone();
+    let mut head_headers = parts.headers.clone();
+    let mut version = parts.version;
+    headers::set_upstream_target(
+        &mut uri,
+        &mut head_headers,
+        &mut version,
+        upstream_h2,
+        &endpoint.to_string(),
+    );
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = head_headers;
+    *request.version_mut() = version;
+    request
+}
+
+/// `Parts` is not `Clone` (its extensions may not be); the head fields are.
+fn clone_head(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// Sends a copy of the request to the mirror backend, fire and forget, for the configured
+/// share of requests. Only buffered bodies can be copied; larger ones are not mirrored.
+fn mirror_request(
+    conn: &Connection,
+    state: &State,
+    mirror: &RequestMirror,
+    parts: &Parts,
+    body: &Prepared,
+    upstream_h2: bool,
+) {
+    if mirror.denominator == 0 || rand::random_range(0..mirror.denominator) >= mirror.numerator {
+        return;
+    }
+    let stats = &conn.shared.http_stats;
+    let key = BackendKey {
+        namespace: mirror.backend.namespace.clone(),
+        name: mirror.backend.name.clone(),
+        port: mirror.backend.port,
+    };
+    let (Some(copy), Some(backend)) = (body.copy(), state.backends.get(&key).cloned()) else {
+        HttpStats::bump(&stats.mirror_skipped);
+        return;
+    };
+    HttpStats::bump(&stats.mirrored);
+    let shared = conn.shared.clone();
+    let identity = conn.identity.clone();
+    let origin = conn.origin;
+    let head = clone_head(parts);
+    tokio::spawn(async move {
+        let Some(pick) = backend.pick(None) else {
+            return;
+        };
+        let source = Source {
+            identity: &identity,
+            origin,
+        };
+        let request = upstream_request(&head, copy, upstream_h2, pick.addr());
+        match shared
+            .upstreams
+            .send(&shared, &source, pick.upstream(), upstream_h2, request)
+            .await
+        {
+            // The answer is discarded, but read, so that the connection can be reused.
+            Ok(response) => drop(response.into_body().collect().await),
+            Err(e) => tracing::debug!(backend = %key, error = %e, "mirrored request failed"),
+        }
+    });
+}
+
+/// A response body that keeps its endpoint counted as busy until the body is done.
+struct Tracked {
+    body: Incoming,
+    _pick: Pick,
+}
+
+impl Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,310 @@
+//! Upstream HTTP connections, pooled per (source identity, certificate serial, endpoint,
+//! HTTP version). Each connection rides whatever reaches the endpoint: a CONNECT stream on
+//! the pooled mTLS tunnel session of the source identity (other nodes), the in-process
+//! inbound path with authorization (this node), or plain TCP (outside the mesh). So many
+//! requests share one tunnel stream (HTTP/2) or a few keep-alive streams (HTTP/1.1), and all
+//! of them share one TLS session per destination node.
+//!
+//! The certificate serial is part of the key for the same reason as in the tunnel pool:
+//! after a rotation new requests go over connections made with the new certificate.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use super::body::ReqBody;
+use crate::{
+    identity::SpiffeId,
+    proxy::{inbound, tunnel::ConnectRefused},
+    runtime::Shared,
+    state::{Upstream, Via},
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle HTTP/1.1 connections kept per key; more concurrent requests open more connections,
+/// which are closed when they come back to a full pool.
+const MAX_IDLE_H1: usize = 64;
+
+/// Why an attempt got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// The destination refused the connection by policy (403 from the destination agent).
+    Refused(String),
+    /// No connection could be made.
+    Connect(anyhow::Error),
+    /// The connection or stream failed after the request was (possibly) sent.
+    Request(hyper::Error),
+    /// The per-try timeout expired.
+    Timeout,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Refused(why) => write!(f, "refused: {why}"),
+            SendError::Connect(e) => write!(f, "connect: {e:#}"),
+            SendError::Request(e) => write!(f, "request: {e}"),
+            SendError::Timeout => f.write_str("per-try timeout"),
+        }
+    }
+}
+
+#[derive(Default, Serialize)]
+pub struct UpstreamStats {
+    /// Upstream HTTP connections opened (HTTP/1.1 and HTTP/2).
+    pub connections_opened: AtomicU64,
+    /// Requests sent on a pooled connection rather than a new one.
+    pub requests_reused: AtomicU64,
+    /// Connection attempts that failed or were refused.
+    pub connect_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    source: String,
+    serial: String,
+    endpoint: SocketAddr,
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>>;
+
+#[derive(Default)]
+pub struct UpstreamPool {
+    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>>,
+    h2: Mutex<HashMap<Key, H2Slot>>,
+    pub stats: UpstreamStats,
+}
+
+/// Anything a connection to an endpoint can be.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type BoxIo = TokioIo<Box<dyn Io>>;
+
+/// Who is sending, from where.
+pub struct Source<'a> {
+    pub identity: &'a SpiffeId,
+    /// The client's address, for the destination's address-based ingress rules.
+    pub origin: IpAddr,
+}
+
+impl UpstreamPool {
+    /// Sends one request to `upstream` and returns the response head (the body streams).
+    pub async fn send(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+        h2: bool,
+        request: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let serial = shared
+            .identity
+            .svid(source.identity)
+            .map(|s| s.serial.clone())
+            .map_err(SendError::Connect)?;
+        let key = Key {
+            source: source.identity.to_string(),
+            serial,
+            endpoint: upstream.addr,
+        };
+        if h2 {
+            self.send_h2(shared, source, upstream, key, request).await
+        } else {
+            self.send_h1(shared, source, upstream, key, request).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+        key: Key,
+        request: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut request = request;
+        // A pooled connection may have been closed by the backend just now; hyper hands the
+        // request back when it was not sent, and it then goes on a new connection.
+        while let Some(mut sender) = self.idle_h1(&key) {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.stats.requests_reused.fetch_add(1, Ordering::Relaxed);
+                    self.return_h1(key, sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+        let io = self.connect(shared, source, upstream).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        let endpoint = upstream.addr;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        sender.ready().await.map_err(SendError::Request)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Request)?;
+        self.return_h1(key, sender);
+        Ok(response)
+    }
+
+    /// An idle, ready connection of `key`; closed ones are dropped on the way. A connection
+    /// whose previous response body is still streaming is not ready and stays pooled.
+    fn idle_h1(&self, key: &Key) -> Option<http1::SendRequest<ReqBody>> {
+        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.get_mut(key)?;
+        list.retain(|s| !s.is_closed());
+        let ready = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(ready))
+    }
+
+    fn return_h1(&self, key: Key, sender: http1::SendRequest<ReqBody>) {
+        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.entry(key).or_default();
+        if list.len() < MAX_IDLE_H1 {
+            list.push(sender);
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+        key: Key,
+        request: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let slot = {
+            let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            // Connections of a rotated-away certificate get no new requests.
+            pool.retain(|k, _| {
+                k.source != key.source || k.endpoint != key.endpoint || k.serial == key.serial
+            });
+            pool.entry(key).or_default().clone()
+        };
+        let mut sender = {
+            // Concurrent first requests share one connection instead of each opening one.
+            let mut guard = slot.lock().await;
+            match guard.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => {
+                    self.stats.requests_reused.fetch_add(1, Ordering::Relaxed);
+                    s.clone()
+                }
+                None => {
+                    let io = self.connect(shared, source, upstream).await?;
+                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(30))
+                        .initial_stream_window_size(super::super::proxy::tunnel::STREAM_WINDOW)
+                        .initial_connection_window_size(
+                            super::super::proxy::tunnel::CONNECTION_WINDOW,
+                        )
+                        .handshake(io)
+                        .await
+                        .map_err(SendError::Request)?;
+                    let endpoint = upstream.addr;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+                        }
+                    });
+                    *guard = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await.map_err(SendError::Request)?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Request)
+    }
+
+    /// A byte stream to the endpoint, the way the L4 path would make it.
+    async fn connect(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+    ) -> Result<BoxIo, SendError> {
+        let io = connect_stream(shared, source, upstream).await;
+        match &io {
+            Ok(_) => self.stats.connections_opened.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stats.connect_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        io
+    }
+}
+
+async fn connect_stream(
+    shared: &Shared,
+    source: &Source<'_>,
+    upstream: &Upstream,
+) -> Result<BoxIo, SendError> {
+    let addr = upstream.addr;
+    let io: Box<dyn Io> = match &upstream.via {
+        Via::Direct => {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| SendError::Connect(anyhow::anyhow!("connect to {addr}: timed out")))?
+                .map_err(|e| SendError::Connect(anyhow::anyhow!("connect to {addr}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            Box::new(tcp)
+        }
+        Via::Local => {
+            match inbound::open_local(shared, source.identity, source.origin, addr).await {
+                Ok(tcp) => Box::new(tcp),
+                Err(inbound::Refusal::Denied(d)) => {
+                    return Err(SendError::Refused(format!("{addr}: {d:?}")));
+                }
+                Err(e) => return Err(SendError::Connect(anyhow::anyhow!(e))),
+            }
+        }
+        Via::Tunnel { tunnel, .. } => {
+            match shared
+                .tunnels
+                .open(source.identity, *tunnel, addr, source.origin)
+                .await
+            {
+                Ok(stream) => Box::new(stream),
+                Err(e) => {
+                    return Err(match e.downcast_ref::<ConnectRefused>() {
+                        Some(r) if r.status == StatusCode::FORBIDDEN => {
+                            SendError::Refused(r.to_string())
+                        }
+                        _ => SendError::Connect(e),
+                    });
+                }
+            }
+        }
+    };
+    Ok(TokioIo::new(io))
+}

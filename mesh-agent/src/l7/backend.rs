@@ -1,27 +1,734 @@
-//! Placeholder with the agreed API; replaced by the real load balancer.
-#![allow(dead_code, unused_variables)]
-use std::{net::SocketAddr, sync::Arc};
+//! One backend service port at request time: its endpoints, how one is picked (round robin
+//! or least request), passive health checking (outlier detection, Envoy/Istio semantics) and
+//! its retry budget.
+//!
+//! Picking is lock-free (an atomic per endpoint holds its ejection deadline), since it runs
+//! on every attempt; reporting takes the endpoint's own mutex for its counters, and ejecting
+//! (rare) additionally takes a backend-wide mutex so that two endpoints failing at once cannot
+//! both slip under `max_ejection_percent`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
 use serde::Serialize;
-use crate::{config::{LoadBalancer, OutlierDetection, RetryBudget}, l7::{BackendKey, budget::Budget}, state::Upstream};
-pub enum Outcome { Response(u16), ConnectFailure, Reset, Timeout, Refused }
-pub struct Backend { key: BackendKey, upstreams: Vec<Upstream>, budget: Budget }
-#[derive(Serialize)]
-pub struct BackendSnapshot {}
-impl Backend {
-    pub fn new(key: BackendKey, upstreams: Vec<Upstream>, lb: LoadBalancer, outlier: Option<OutlierDetection>, budget: &RetryBudget) -> Backend {
-        Backend { key, upstreams, budget: Budget::new(budget) }
-    }
-    pub fn key(&self) -> &BackendKey { &self.key }
-    pub fn pick(self: &Arc<Self>, avoid: Option<SocketAddr>) -> Option<Pick> {
-        self.upstreams.first().map(|u| Pick { upstream: u.clone() })
-    }
-    pub fn report(&self, addr: SocketAddr, outcome: &Outcome) -> bool { false }
-    pub fn budget(&self) -> &Budget { &self.budget }
-    pub fn snapshot(&self) -> BackendSnapshot { BackendSnapshot {} }
-    pub fn ejections_total(&self) -> u64 { 0 }
+
+use crate::{
+    config::{LoadBalancer, OutlierDetection, RetryBudget},
+    l7::{BackendKey, budget::Budget},
+    state::Upstream,
+};
+
+/// The longest ejection, as Envoy's default `max_ejection_time`: without a cap an endpoint
+/// that flaps for a day would be ejected for hours once it recovers.
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+/// How one attempt to an endpoint ended, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered with this HTTP status.
+    Response(u16),
+    ConnectFailure,
+    Reset,
+    Timeout,
+    /// The request was refused by policy: not the endpoint's fault.
+    Refused,
 }
-pub struct Pick { upstream: Upstream }
+
+impl Outcome {
+    /// `(counts as 5xx, counts as a gateway error)`, or `None` when the outcome says nothing
+    /// about the endpoint's health. Locally originated failures count as both, as in Envoy
+    /// without `split_external_local_origin_errors` (a connect failure is a 503 there, a
+    /// timeout a 504).
+    fn classify(&self) -> Option<(bool, bool)> {
+        match *self {
+            Outcome::Response(status) => Some((status >= 500, matches!(status, 502..=504))),
+            Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => Some((true, true)),
+            Outcome::Refused => None,
+        }
+    }
+}
+
+/// Outlier detection counters of one endpoint.
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    /// Ejections so far: the multiplier of the next ejection's duration.
+    ejections: u32,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    upstream: Upstream,
+    /// Attempts in flight (held by [`Pick`]s): the least-request load.
+    active: AtomicUsize,
+    /// Nanoseconds since the backend's origin until which the endpoint is ejected; an
+    /// endpoint is in rotation when this is not in the future (0 = never ejected). Being a
+    /// deadline, un-ejection needs no background task and no write: it simply passes.
+    ejected_until: AtomicU64,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    key: BackendKey,
+    lb: LoadBalancer,
+    outlier: Option<OutlierDetection>,
+    /// In config order, which round robin follows.
+    endpoints: Vec<Endpoint>,
+    /// Round robin position.
+    next: AtomicUsize,
+    budget: Budget,
+    /// Time zero of the `ejected_until` deadlines.
+    origin: Instant,
+    /// Serializes the "how many are ejected now" check with the ejection itself.
+    eject_lock: Mutex<()>,
+    ejections_total: AtomicU64,
+}
+
+/// An endpoint in use by one attempt: holds the least-request counter until dropped.
+pub struct Pick {
+    backend: Arc<Backend>,
+    index: usize,
+}
+
 impl Pick {
-    pub fn upstream(&self) -> &Upstream { &self.upstream }
-    pub fn addr(&self) -> SocketAddr { self.upstream.addr }
+    pub fn upstream(&self) -> &Upstream {
+        &self.endpoint().upstream
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint().upstream.addr
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        // `index` was produced by `pick` over this very (immutable) endpoint list.
+        &self.backend.endpoints[self.index]
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.endpoint().active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Pick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pick")
+            .field("backend", &self.backend.key)
+            .field("upstream", self.upstream())
+            .finish()
+    }
+}
+
+/// For /stats and /config_dump.
+#[derive(Debug, Serialize)]
+pub struct BackendSnapshot {
+    pub key: BackendKey,
+    pub lb: LoadBalancer,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub ejections_total: u64,
+    pub endpoints: Vec<EndpointSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointSnapshot {
+    pub addr: SocketAddr,
+    /// `Via`'s Debug form.
+    pub via: String,
+    pub active_requests: usize,
+    /// Consecutive 5xx (including locally originated failures).
+    pub consecutive_errors: u32,
+    pub consecutive_gateway_errors: u32,
+    pub ejected: bool,
+    /// Time left in the current ejection (0 when in rotation).
+    pub ejected_for_ms: u64,
+    pub ejections_total: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data are plain counters that stay consistent even if a holder panicked.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Backend {
+    pub fn new(
+        key: BackendKey,
+        upstreams: Vec<Upstream>,
+        lb: LoadBalancer,
+        outlier: Option<OutlierDetection>,
+        budget: &RetryBudget,
+    ) -> Backend {
+        Backend {
+            key,
+            lb,
+            outlier,
+            endpoints: upstreams
+                .into_iter()
+                .map(|upstream| Endpoint {
+                    upstream,
+                    active: AtomicUsize::new(0),
+                    ejected_until: AtomicU64::new(0),
+                    health: Mutex::new(Health::default()),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            budget: Budget::new(budget),
+            origin: Instant::now(),
+            eject_lock: Mutex::new(()),
+            ejections_total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn key(&self) -> &BackendKey {
+        &self.key
+    }
+
+    /// The retry budget of this backend service.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
+    }
+
+    /// Picks an endpoint that is not ejected, per the load balancer. `avoid`: the endpoint of
+    /// the previous attempt of this request; skipped when another healthy endpoint exists.
+    /// None when there is no endpoint or all are ejected (=> 503 UH). Ejections are always
+    /// honored: `max_ejection_percent` keeps some endpoints in rotation unless it allows all.
+    pub fn pick(self: &Arc<Self>, avoid: Option<SocketAddr>) -> Option<Pick> {
+        self.pick_at(avoid, Instant::now())
+    }
+
+    /// Feeds the outcome of an attempt to outlier detection (consecutive counters per
+    /// endpoint; a success resets them). Returns true if this outcome ejected the endpoint.
+    pub fn report(&self, addr: SocketAddr, outcome: &Outcome) -> bool {
+        self.report_at(addr, outcome, Instant::now())
+    }
+
+    pub fn snapshot(&self) -> BackendSnapshot {
+        self.snapshot_at(Instant::now())
+    }
+
+    /// `now` on the deadline clock.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn is_ejected(endpoint: &Endpoint, now_nanos: u64) -> bool {
+        endpoint.ejected_until.load(Ordering::Relaxed) > now_nanos
+    }
+
+    fn pick_at(self: &Arc<Self>, avoid: Option<SocketAddr>, now: Instant) -> Option<Pick> {
+        let now = self.nanos(now);
+        let mut candidates: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| !Self::is_ejected(&self.endpoints[i], now))
+            .collect();
+        if let Some(avoid) = avoid
+            && candidates
+                .iter()
+                .any(|&i| self.endpoints[i].upstream.addr != avoid)
+        {
+            candidates.retain(|&i| self.endpoints[i].upstream.addr != avoid);
+        }
+        let index = match (self.lb, candidates.len()) {
+            (_, 0) => return None,
+            (_, 1) => candidates[0],
+            (LoadBalancer::RoundRobin, n) => {
+                candidates[self.next.fetch_add(1, Ordering::Relaxed) % n]
+            }
+            (LoadBalancer::LeastRequest, n) => {
+                // Power of two choices: nearly as good as scanning for the least loaded
+                // endpoint, without every proxy thread herding onto the same one.
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (candidates[a], candidates[b]);
+                let load_a = self.endpoints[a].active.load(Ordering::Relaxed);
+                let load_b = self.endpoints[b].active.load(Ordering::Relaxed);
+                match load_a.cmp(&load_b) {
+                    std::cmp::Ordering::Less => a,
+                    std::cmp::Ordering::Greater => b,
+                    std::cmp::Ordering::Equal => {
+                        if rng.random::<bool>() {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                }
+            }
+        };
+        self.endpoints[index].active.fetch_add(1, Ordering::Relaxed);
+        Some(Pick {
+            backend: Arc::clone(self),
+            index,
+        })
+    }
+
+    fn report_at(&self, addr: SocketAddr, outcome: &Outcome, now: Instant) -> bool {
+        let Some(outlier) = &self.outlier else {
+            return false;
+        };
+        let Some((is_5xx, is_gateway)) = outcome.classify() else {
+            return false;
+        };
+        let Some(endpoint) = self.endpoints.iter().find(|e| e.upstream.addr == addr) else {
+            // The endpoint list was replaced while the attempt ran.
+            return false;
+        };
+        let now_nanos = self.nanos(now);
+        let mut health = lock(&endpoint.health);
+        if Self::is_ejected(endpoint, now_nanos) {
+            // Attempts that were in flight when it was ejected: already judged.
+            return false;
+        }
+        if !is_5xx {
+            health.consecutive_5xx = 0;
+            health.consecutive_gateway = 0;
+            return false;
+        }
+        health.consecutive_5xx = health.consecutive_5xx.saturating_add(1);
+        // As in Envoy, a 5xx that is not a gateway error (500, 501, ...) ends a run of
+        // gateway errors: the counter is about *consecutive* gateway errors.
+        health.consecutive_gateway = if is_gateway {
+            health.consecutive_gateway.saturating_add(1)
+        } else {
+            0
+        };
+        let tripped_5xx = outlier.consecutive_5xx_errors != 0
+            && health.consecutive_5xx >= outlier.consecutive_5xx_errors;
+        let tripped_gateway = outlier.consecutive_gateway_errors != 0
+            && health.consecutive_gateway >= outlier.consecutive_gateway_errors;
+        if !tripped_5xx && !tripped_gateway {
+            return false;
+        }
+        // As in Envoy, the run is consumed whether or not the ejection is allowed: when
+        // max_ejection_percent refuses it, another full run is needed to try again.
+        health.consecutive_5xx = 0;
+        health.consecutive_gateway = 0;
+        self.eject(endpoint, &mut health, outlier, now_nanos)
+    }
+
+    /// Ejects `endpoint` unless that would put more than `max_ejection_percent` of the
+    /// endpoints out of rotation (one ejection is always allowed, as in Envoy, except with
+    /// percent 0).
+    fn eject(
+        &self,
+        endpoint: &Endpoint,
+        health: &mut Health,
+        outlier: &OutlierDetection,
+        now_nanos: u64,
+    ) -> bool {
+        // Lock order: endpoint health, then eject_lock; only ejected_until atomics of other
+        // endpoints are read here, never their health mutex.
+        let _guard = lock(&self.eject_lock);
+        let total = self.endpoints.len();
+        let allowed = if outlier.max_ejection_percent == 0 {
+            0
+        } else {
+            (total.saturating_mul(outlier.max_ejection_percent.min(100) as usize) / 100).max(1)
+        };
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| Self::is_ejected(e, now_nanos))
+            .count();
+        if ejected >= allowed {
+            return false;
+        }
+        // Envoy lowers the multiplier again after healthy periods; here the n-th ejection
+        // simply lasts n × base, capped at MAX_EJECTION_TIME (or base if that is longer).
+        health.ejections = health.ejections.saturating_add(1);
+        let duration = outlier
+            .base_ejection_time
+            .saturating_mul(health.ejections)
+            .min(MAX_EJECTION_TIME.max(outlier.base_ejection_time));
+        let duration = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        endpoint
+            .ejected_until
+            .store(now_nanos.saturating_add(duration), Ordering::Relaxed);
+        self.ejections_total.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            backend = %self.key,
+            endpoint = %endpoint.upstream.addr,
+            ejection = health.ejections,
+            for_ms = duration / 1_000_000,
+            "outlier detection ejected an endpoint"
+        );
+        true
+    }
+
+    fn snapshot_at(&self, now: Instant) -> BackendSnapshot {
+        let now_nanos = self.nanos(now);
+        BackendSnapshot {
+            key: self.key.clone(),
+            lb: self.lb,
+            outlier_detection: self.outlier.clone(),
+            ejections_total: self.ejections_total(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let health = lock(&e.health);
+                    let left = e
+                        .ejected_until
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(now_nanos);
+                    EndpointSnapshot {
+                        addr: e.upstream.addr,
+                        via: format!("{:?}", e.upstream.via),
+                        active_requests: e.active.load(Ordering::Relaxed),
+                        consecutive_errors: health.consecutive_5xx,
+                        consecutive_gateway_errors: health.consecutive_gateway,
+                        ejected: left > 0,
+                        ejected_for_ms: left.div_ceil(1_000_000),
+                        ejections_total: u64::from(health.ejections),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Via;
+
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i as u8], 8080))
+    }
+
+    fn backend(n: usize, lb: LoadBalancer, outlier: Option<OutlierDetection>) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            BackendKey {
+                namespace: "default".into(),
+                name: "web".into(),
+                port: 80,
+            },
+            (0..n)
+                .map(|i| Upstream {
+                    addr: addr(i),
+                    via: Via::Direct,
+                })
+                .collect(),
+            lb,
+            outlier,
+            &RetryBudget::default(),
+        ))
+    }
+
+    fn outlier(consecutive_5xx: u32, gateway: u32, percent: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx_errors: consecutive_5xx,
+            consecutive_gateway_errors: gateway,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: percent,
+        }
+    }
+
+    fn at(b: &Backend, secs: u64) -> Instant {
+        b.origin + Duration::from_secs(secs)
+    }
+
+    /// Picks (and releases) `n` times at `now`, returning the chosen addresses.
+    fn picks(b: &Arc<Backend>, n: usize, now: Instant) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|_| b.pick_at(None, now).map(|p| p.addr()).expect("an endpoint"))
+            .collect()
+    }
+
+    /// Reports `n` outcomes at `now`; returns how many of them ejected.
+    fn fail(b: &Backend, a: SocketAddr, outcome: Outcome, n: usize, now: Instant) -> usize {
+        (0..n).filter(|_| b.report_at(a, &outcome, now)).count()
+    }
+
+    #[test]
+    fn backend_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Backend>();
+        check::<Pick>();
+    }
+
+    #[test]
+    fn round_robin_follows_config_order() {
+        let b = backend(3, LoadBalancer::RoundRobin, None);
+        let now = at(&b, 0);
+        assert_eq!(
+            picks(&b, 6, now),
+            vec![addr(0), addr(1), addr(2), addr(0), addr(1), addr(2)]
+        );
+    }
+
+    #[test]
+    fn round_robin_skips_ejected() {
+        let b = backend(3, LoadBalancer::RoundRobin, Some(outlier(2, 0, 50)));
+        let now = at(&b, 0);
+        assert_eq!(fail(&b, addr(1), Outcome::Response(500), 2, now), 1);
+        let got = picks(&b, 6, now);
+        assert!(!got.contains(&addr(1)));
+        assert_eq!(got.iter().filter(|&&a| a == addr(0)).count(), 3);
+        assert_eq!(got.iter().filter(|&&a| a == addr(2)).count(), 3);
+    }
+
+    #[test]
+    fn no_endpoints_no_pick() {
+        let b = backend(0, LoadBalancer::RoundRobin, None);
+        assert!(b.pick(None).is_none());
+        let b = backend(0, LoadBalancer::LeastRequest, None);
+        assert!(b.pick(Some(addr(0))).is_none());
+    }
+
+    #[test]
+    fn avoid_respected_when_alternatives_exist() {
+        for lb in [LoadBalancer::RoundRobin, LoadBalancer::LeastRequest] {
+            let b = backend(3, lb, None);
+            for _ in 0..100 {
+                let p = b.pick(Some(addr(1))).expect("an endpoint");
+                assert_ne!(p.addr(), addr(1));
+            }
+        }
+    }
+
+    #[test]
+    fn avoid_ignored_when_it_is_the_only_healthy_one() {
+        let b = backend(1, LoadBalancer::RoundRobin, None);
+        assert_eq!(b.pick(Some(addr(0))).map(|p| p.addr()), Some(addr(0)));
+
+        let b = backend(2, LoadBalancer::LeastRequest, Some(outlier(1, 0, 50)));
+        let now = at(&b, 0);
+        assert!(b.report_at(addr(0), &Outcome::Response(503), now));
+        for _ in 0..20 {
+            assert_eq!(
+                b.pick_at(Some(addr(1)), now).map(|p| p.addr()),
+                Some(addr(1))
+            );
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_idle_endpoint() {
+        let b = backend(2, LoadBalancer::LeastRequest, None);
+        let busy: Vec<Pick> = (0..5)
+            .map(|_| b.pick(Some(addr(1))).expect("an endpoint"))
+            .collect();
+        assert!(busy.iter().all(|p| p.addr() == addr(0)));
+        assert_eq!(b.endpoints[0].active.load(Ordering::Relaxed), 5);
+        // With two endpoints P2C always compares both: the idle one wins every time.
+        for _ in 0..200 {
+            assert_eq!(b.pick(None).map(|p| p.addr()), Some(addr(1)));
+        }
+        drop(busy);
+        assert_eq!(b.endpoints[0].active.load(Ordering::Relaxed), 0);
+        assert_eq!(b.endpoints[1].active.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn least_request_spreads_held_load() {
+        let b = backend(4, LoadBalancer::LeastRequest, None);
+        let held: Vec<Pick> = (0..400)
+            .map(|_| b.pick(None).expect("an endpoint"))
+            .collect();
+        // P2C keeps the loads close; a random pick would typically be off by ~20.
+        for e in &b.endpoints {
+            let load = e.active.load(Ordering::Relaxed);
+            assert!((80..=120).contains(&load), "load {load}");
+        }
+        drop(held);
+        assert!(
+            b.endpoints
+                .iter()
+                .all(|e| e.active.load(Ordering::Relaxed) == 0)
+        );
+    }
+
+    #[test]
+    fn least_request_single_healthy_endpoint() {
+        let b = backend(3, LoadBalancer::LeastRequest, Some(outlier(1, 0, 100)));
+        let now = at(&b, 0);
+        assert!(b.report_at(addr(0), &Outcome::ConnectFailure, now));
+        assert!(b.report_at(addr(2), &Outcome::Timeout, now));
+        for _ in 0..20 {
+            assert_eq!(b.pick_at(None, now).map(|p| p.addr()), Some(addr(1)));
+        }
+    }
+
+    #[test]
+    fn ejection_after_consecutive_5xx() {
+        let b = backend(4, LoadBalancer::RoundRobin, Some(outlier(3, 0, 50)));
+        let now = at(&b, 0);
+        assert!(!b.report_at(addr(0), &Outcome::Response(500), now));
+        assert!(!b.report_at(addr(0), &Outcome::Response(503), now));
+        assert!(b.report_at(addr(0), &Outcome::Response(500), now));
+        assert_eq!(b.ejections_total(), 1);
+        assert!(!picks(&b, 12, now).contains(&addr(0)));
+    }
+
+    #[test]
+    fn success_resets_counters() {
+        let b = backend(4, LoadBalancer::RoundRobin, Some(outlier(3, 0, 50)));
+        let now = at(&b, 0);
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 2, now), 0);
+        assert!(!b.report_at(addr(0), &Outcome::Response(404), now));
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 2, now), 0);
+        assert!(!b.report_at(addr(0), &Outcome::Response(200), now));
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 2, now), 0);
+        assert!(b.report_at(addr(0), &Outcome::Response(500), now));
+    }
+
+    #[test]
+    fn gateway_errors_trigger() {
+        let b = backend(4, LoadBalancer::RoundRobin, Some(outlier(0, 2, 50)));
+        let now = at(&b, 0);
+        // 5xx trigger disabled: 500s never eject, and they break a gateway-error run.
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 10, now), 0);
+        assert!(!b.report_at(addr(0), &Outcome::Response(502), now));
+        assert!(!b.report_at(addr(0), &Outcome::Response(500), now));
+        assert!(!b.report_at(addr(0), &Outcome::Response(504), now));
+        assert!(b.report_at(addr(0), &Outcome::Reset, now));
+    }
+
+    #[test]
+    fn local_failures_count_refused_does_not() {
+        let b = backend(4, LoadBalancer::RoundRobin, Some(outlier(3, 0, 50)));
+        let now = at(&b, 0);
+        assert!(!b.report_at(addr(0), &Outcome::ConnectFailure, now));
+        assert!(!b.report_at(addr(0), &Outcome::Refused, now));
+        assert!(!b.report_at(addr(0), &Outcome::Timeout, now));
+        assert_eq!(fail(&b, addr(0), Outcome::Refused, 10, now), 0);
+        // Refused neither counted nor reset: the third failure ejects.
+        assert!(b.report_at(addr(0), &Outcome::ConnectFailure, now));
+
+        assert_eq!(fail(&b, addr(1), Outcome::Refused, 100, now), 0);
+    }
+
+    #[test]
+    fn no_outlier_detection_never_ejects() {
+        let b = backend(2, LoadBalancer::RoundRobin, None);
+        let now = at(&b, 0);
+        assert_eq!(fail(&b, addr(0), Outcome::ConnectFailure, 100, now), 0);
+        assert_eq!(fail(&b, addr(0), Outcome::Response(503), 100, now), 0);
+        assert!(picks(&b, 4, now).contains(&addr(0)));
+        // Unknown endpoint: ignored.
+        assert!(!b.report_at(addr(9), &Outcome::Reset, now));
+    }
+
+    #[test]
+    fn max_ejection_percent_always_allows_one() {
+        let b = backend(2, LoadBalancer::RoundRobin, Some(outlier(1, 0, 10)));
+        let now = at(&b, 0);
+        assert!(b.report_at(addr(0), &Outcome::Response(500), now));
+        // 10% of 2 endpoints is 0, but one ejection is always allowed: not a second.
+        assert_eq!(fail(&b, addr(1), Outcome::Response(500), 5, now), 0);
+        assert_eq!(picks(&b, 4, now), vec![addr(1); 4]);
+        assert_eq!(b.ejections_total(), 1);
+    }
+
+    #[test]
+    fn max_ejection_percent_zero_allows_none() {
+        let b = backend(2, LoadBalancer::RoundRobin, Some(outlier(1, 0, 0)));
+        let now = at(&b, 0);
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 5, now), 0);
+        assert_eq!(b.ejections_total(), 0);
+    }
+
+    #[test]
+    fn max_ejection_percent_counts_current_ejections() {
+        let b = backend(4, LoadBalancer::RoundRobin, Some(outlier(1, 0, 50)));
+        let now = at(&b, 0);
+        assert!(b.report_at(addr(0), &Outcome::Response(500), now));
+        assert!(b.report_at(addr(1), &Outcome::Response(500), now));
+        assert!(!b.report_at(addr(2), &Outcome::Response(500), now));
+        // Once endpoint 0 is back, there is room again.
+        let later = at(&b, 31);
+        assert!(b.report_at(addr(2), &Outcome::Response(500), later));
+    }
+
+    #[test]
+    fn all_failing_with_percent_100_leaves_none() {
+        let b = backend(2, LoadBalancer::RoundRobin, Some(outlier(1, 0, 100)));
+        let now = at(&b, 0);
+        assert!(b.report_at(addr(0), &Outcome::Response(503), now));
+        assert!(b.report_at(addr(1), &Outcome::Response(503), now));
+        assert!(b.pick_at(None, now).is_none());
+        assert!(b.pick_at(Some(addr(0)), now).is_none());
+    }
+
+    #[test]
+    fn endpoint_returns_after_ejection_time() {
+        let b = backend(2, LoadBalancer::RoundRobin, Some(outlier(2, 0, 50)));
+        let t0 = at(&b, 0);
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 2, t0), 1);
+        assert_eq!(picks(&b, 2, at(&b, 29)), vec![addr(1); 2]);
+        let back = at(&b, 30);
+        let got = picks(&b, 4, back);
+        assert_eq!(got.iter().filter(|&&a| a == addr(0)).count(), 2);
+        // Counters start from zero: one failure does not eject again.
+        assert!(!b.report_at(addr(0), &Outcome::Response(500), back));
+        assert!(b.report_at(addr(0), &Outcome::Response(500), back));
+    }
+
+    #[test]
+    fn reports_while_ejected_do_not_extend() {
+        let b = backend(2, LoadBalancer::RoundRobin, Some(outlier(1, 0, 50)));
+        assert!(b.report_at(addr(0), &Outcome::Response(500), at(&b, 0)));
+        // In-flight attempts finishing during the ejection.
+        assert_eq!(fail(&b, addr(0), Outcome::Response(500), 10, at(&b, 20)), 0);
+        assert!(!b.report_at(addr(0), &Outcome::Response(200), at(&b, 20)));
+        assert_eq!(b.ejections_total(), 1);
+        assert!(picks(&b, 2, at(&b, 30)).contains(&addr(0)));
+    }
+
+    #[test]
+    fn ejection_time_grows_with_ejections() {
+        let b = backend(2, LoadBalancer::RoundRobin, Some(outlier(1, 0, 50)));
+        let ejected = |now: Instant| !picks(&b, 2, now).contains(&addr(0));
+        let mut t = 0;
+        for n in 1..=12u64 {
+            assert!(b.report_at(addr(0), &Outcome::Response(500), at(&b, t)));
+            // n × 30 s, capped at 300 s.
+            let length = (n * 30).min(300);
+            assert!(ejected(at(&b, t + length - 1)), "ejection {n}");
+            assert!(!ejected(at(&b, t + length)), "ejection {n}");
+            let snap = b.snapshot_at(at(&b, t + 1));
+            assert!(snap.endpoints[0].ejected);
+            assert_eq!(snap.endpoints[0].ejected_for_ms, (length - 1) * 1000);
+            assert_eq!(snap.endpoints[0].ejections_total, n);
+            t += length;
+        }
+        assert_eq!(b.ejections_total(), 12);
+    }
+
+    #[test]
+    fn snapshot_shows_state() {
+        let b = backend(2, LoadBalancer::LeastRequest, Some(outlier(3, 0, 50)));
+        let now = at(&b, 0);
+        let held = b.pick_at(Some(addr(0)), now).expect("an endpoint");
+        assert_eq!(fail(&b, addr(0), Outcome::Response(502), 2, now), 0);
+        let snap = b.snapshot_at(now);
+        assert_eq!(snap.endpoints[0].consecutive_errors, 2);
+        assert_eq!(snap.endpoints[0].consecutive_gateway_errors, 2);
+        assert!(!snap.endpoints[0].ejected);
+        assert_eq!(snap.endpoints[0].ejected_for_ms, 0);
+        assert_eq!(snap.endpoints[1].active_requests, 1);
+        assert_eq!(snap.endpoints[1].via, "Direct");
+        let json = serde_json::to_value(&snap).expect("serializes");
+        assert_eq!(json["lb"], "least_request");
+        assert_eq!(json["key"]["name"], "web");
+        assert_eq!(json["endpoints"][0]["addr"], "10.0.0.0:8080");
+        drop(held);
+    }
 }

@@ -100,9 +100,7 @@ impl Prepared {
     /// A body for one attempt; `None` when a one-shot body was already sent.
     pub fn take(&mut self) -> Option<ReqBody> {
         match self {
-            Prepared::Replayable { data, trailers } => {
-                Some(replay(data.clone(), trailers.clone()))
-            }
+            Prepared::Replayable { data, trailers } => Some(replay(data.clone(), trailers.clone())),
             Prepared::Spent => None,
             Prepared::Once(_) => match std::mem::replace(self, Prepared::Spent) {
                 Prepared::Once(body) => Some(body),

@@ -96,7 +96,12 @@ mod tests {
             (b"", None),
         ];
         for (bytes, want) in cases {
-            assert_eq!(classify(bytes), *want, "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                classify(bytes),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 
@@ -108,7 +113,10 @@ mod tests {
         // Server-first protocol: the client says nothing.
         let _silent = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        assert_eq!(sniff(&server, Duration::from_millis(50)).await, Detected::Tcp);
+        assert_eq!(
+            sniff(&server, Duration::from_millis(50)).await,
+            Detected::Tcp
+        );
 
         // HTTP/1.1 sent in two pieces: the peek waits for the rest.
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -120,7 +128,10 @@ mod tests {
             client.write_all(b"T / HTTP/1.1\r\n\r\n").await.unwrap();
             client
         });
-        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Detected::Http1);
+        assert_eq!(
+            sniff(&server, Duration::from_secs(5)).await,
+            Detected::Http1
+        );
         // Peeking consumed nothing.
         let _client = writer.await.unwrap();
         let mut buf = [0u8; 3];

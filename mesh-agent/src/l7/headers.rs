@@ -34,10 +34,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -74,15 +76,12 @@ pub fn set_upstream_target(
     upstream_h2: bool,
     fallback: &str,
 ) {
-    let authority: Option<String> = uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+    let authority: Option<String> = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
     let authority = authority.unwrap_or_else(|| fallback.to_owned());
     let path = uri
         .path_and_query()
@@ -116,7 +115,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed_and_trace_headers_kept() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-private", HeaderValue::from_static("1"));
@@ -127,7 +129,13 @@ mod tests {
         h.insert("b3", HeaderValue::from_static("1-2-1"));
         h.insert("x-b3-traceid", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
-        for gone in ["connection", "keep-alive", "proxy-connection", "x-private", "upgrade"] {
+        for gone in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "x-private",
+            "upgrade",
+        ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
         assert_eq!(h["te"], "trailers");

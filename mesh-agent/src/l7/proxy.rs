@@ -24,11 +24,10 @@ use hyper_util::{
 use tokio::net::TcpStream;
 
 use super::{
-    backend::{Backend, Outcome, Pick},
     BackendKey,
+    backend::{Backend, Outcome, Pick},
     body::{Prepared, ReqBody, RespBody, boxed, empty},
-    budget,
-    filters,
+    budget, filters,
     flags::{self, ResponseFlag, local_reply},
     headers,
     matcher::{CompiledRule, RequestHead},
@@ -111,10 +110,7 @@ fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody
 
 async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Response<RespBody> {
     let state = conn.shared.state();
-    let Some(port) = state
-        .destination(conn.original)
-        .and_then(|d| d.l7.as_ref())
-    else {
+    let Some(port) = state.destination(conn.original).and_then(|d| d.l7.as_ref()) else {
         return reply(conn, ResponseFlag::NoRoute, grpc);
     };
     if request.method() == http::Method::CONNECT {
@@ -138,7 +134,8 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
     let prefix = matched.matched_prefix.map(str::to_owned);
     let (mut parts, body) = request.into_parts();
     if let Some(redirect) = rule.redirect() {
-        let mut response = filters::redirect_response(redirect, prefix.as_deref(), &parts).map(|()| empty());
+        let mut response =
+            filters::redirect_response(redirect, prefix.as_deref(), &parts).map(|()| empty());
         filters::apply_response_filters(rule, response.headers_mut());
         return response;
     }
@@ -156,9 +153,7 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
         // The client stopped sending its body; nobody is left to answer.
         Err(_) => return reply(conn, ResponseFlag::DownstreamConnectionTermination, grpc),
     };
-    let upstream_h2 = conn
-        .upstream_h2
-        .unwrap_or(parts.version == Version::HTTP_2);
+    let upstream_h2 = conn.upstream_h2.unwrap_or(parts.version == Version::HTTP_2);
     for mirror in &rule.mirrors {
         mirror_request(conn, &state, mirror, &parts, &body, upstream_h2);
     }
@@ -205,10 +200,13 @@ async fn attempts(
             return reply(conn, ResponseFlag::UpstreamConnectionTermination, grpc);
         };
         let request = upstream_request(parts, request_body, upstream_h2, pick.addr());
-        let send = conn
-            .shared
-            .upstreams
-            .send(&conn.shared, &source, pick.upstream(), upstream_h2, request);
+        let send = conn.shared.upstreams.send(
+            &conn.shared,
+            &source,
+            pick.upstream(),
+            upstream_h2,
+            request,
+        );
         let result = match rule.timeouts.backend_request {
             Some(limit) => tokio::time::timeout(limit, send)
                 .await

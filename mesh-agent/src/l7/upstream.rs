@@ -257,7 +257,10 @@ impl UpstreamPool {
     ) -> Result<BoxIo, SendError> {
         let io = connect_stream(shared, source, upstream).await;
         match &io {
-            Ok(_) => self.stats.connections_opened.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => self
+                .stats
+                .connections_opened
+                .fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stats.connect_failures.fetch_add(1, Ordering::Relaxed),
         };
         io

@@ -81,7 +81,10 @@ async fn handle(
     let identity = source
         .map(|w| w.identity.clone())
         .unwrap_or_else(|| state.agent_identity());
-    let l7 = destination.l7.as_ref().map(|p| (p.protocol, state.config.http.detection_timeout));
+    let l7 = destination
+        .l7
+        .as_ref()
+        .map(|p| (p.protocol, state.config.http.detection_timeout));
     client.set_nodelay(true)?;
     if let Some((protocol, detection_timeout)) = l7 {
         let upstream_h2 = match protocol {

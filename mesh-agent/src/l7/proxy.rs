@@ -64,6 +64,9 @@ pub async fn serve(client: TcpStream, conn: Connection) {
     builder
         .http1()
         .timer(TokioTimer::new())
+        // A client may shut down its write side once its request is sent (nc -N, HTTP/1.0
+        // tools); the response is still owed.
+        .half_close(true)
         .max_buf_size(settings.max_header_bytes.max(MIN_H1_BUFFER));
     builder
         .http2()

@@ -46,6 +46,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus `Upgrade`),
+/// e.g. `websocket`. `h2c` is not passed on: the agent already speaks HTTP/2 to backends where
+/// the port says so, and the upgrade would bypass routing.
+pub fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = parts.headers.get(header::UPGRADE)?;
+    let h2c = protocol
+        .to_str()
+        .is_ok_and(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    (asks && !h2c).then(|| protocol.clone())
+}
+
 /// The host the client addressed: the URI authority (HTTP/2, absolute-form) or the Host
 /// header, without the port; lower-cased by the matcher.
 pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
@@ -143,6 +164,24 @@ mod tests {
         assert_eq!(h["tracestate"], "a=b");
         assert_eq!(h["b3"], "1-2-1");
         assert_eq!(h["x-b3-traceid"], "1");
+    }
+
+    #[test]
+    fn upgrades_are_recognised_except_h2c() {
+        let parts = |connection: &str, upgrade: &str, version| {
+            let mut r = http::Request::new(());
+            *r.version_mut() = version;
+            r.headers_mut()
+                .insert("connection", HeaderValue::from_str(connection).unwrap());
+            r.headers_mut()
+                .insert("upgrade", HeaderValue::from_str(upgrade).unwrap());
+            r.into_parts().0
+        };
+        let p = parts("keep-alive, Upgrade", "websocket", Version::HTTP_11);
+        assert_eq!(upgrade_protocol(&p).unwrap(), "websocket");
+        assert!(upgrade_protocol(&parts("Upgrade", "h2c", Version::HTTP_11)).is_none());
+        assert!(upgrade_protocol(&parts("keep-alive", "websocket", Version::HTTP_11)).is_none());
+        assert!(upgrade_protocol(&parts("upgrade", "websocket", Version::HTTP_10)).is_none());
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub async fn serve(client: TcpStream, conn: Connection) {
         async move { Ok::<_, Infallible>(handle(&conn, request).await) }
     });
     if let Err(e) = builder
-        .serve_connection(TokioIo::new(client), service)
+        .serve_connection_with_upgrades(TokioIo::new(client), service)
         .await
     {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
@@ -93,7 +93,10 @@ async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespB
     HttpStats::bump(&stats.requests);
     let grpc = is_grpc(&request);
     let mut response = route(conn, request, grpc).await;
-    headers::strip_hop_by_hop(response.headers_mut());
+    // A 101 must keep its Upgrade and Connection headers: they are the answer.
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(response.headers_mut());
+    }
     stats.count_status(response.status().as_u16());
     response
 }
@@ -148,8 +151,12 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
     else {
         return reply(conn, ResponseFlag::NoCluster, grpc);
     };
+    let upgrade = headers::upgrade_protocol(&parts);
     headers::strip_hop_by_hop(&mut parts.headers);
     filters::apply_request_filters(rule, prefix.as_deref(), &mut parts);
+    if let Some(protocol) = upgrade {
+        return upgrade_request(conn, &backend, parts, body, protocol).await;
+    }
     let replay = rule.retry.is_some() || !rule.mirrors.is_empty();
     let mut body = match Prepared::new(body, replay).await {
         Ok(b) => b,
@@ -258,6 +265,64 @@ async fn attempts(
         }
         return response;
     }
+}
+
+/// An HTTP/1.1 upgrade (WebSocket): one attempt, no retries, on a connection of its own; after
+/// a 101 both upgraded connections are relayed as bytes.
+async fn upgrade_request(
+    conn: &Connection,
+    backend: &Arc<Backend>,
+    mut parts: Parts,
+    body: Incoming,
+    protocol: http::HeaderValue,
+) -> Response<RespBody> {
+    let Some(client_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return reply(conn, ResponseFlag::NoRoute, false);
+    };
+    let Some(pick) = backend.pick(None) else {
+        return reply(conn, ResponseFlag::NoHealthyUpstream, false);
+    };
+    let source = Source {
+        identity: &conn.identity,
+        origin: conn.origin,
+    };
+    let mut request = upstream_request(&parts, boxed(body), false, pick.addr());
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(http::header::UPGRADE, protocol);
+    let result = conn
+        .shared
+        .upstreams
+        .send_upgrade(&conn.shared, &source, pick.upstream(), request)
+        .await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(endpoint = %pick.addr(), error = %e, "upgrade attempt failed");
+            return finish(conn, Err(e), pick, false);
+        }
+    };
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return finish(conn, Ok(response), pick, false);
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let endpoint = pick.addr();
+    tokio::spawn(async move {
+        // The endpoint stays counted as busy while the upgraded connection lives.
+        let _pick = pick;
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let relayed =
+                    crate::proxy::relay(TokioIo::new(client), TokioIo::new(upstream)).await;
+                tracing::debug!(%endpoint, ?relayed, "upgraded connection ended");
+            }
+            Err(e) => tracing::debug!(%endpoint, error = %e, "upgrade not completed"),
+        }
+    });
+    response.map(|_| empty())
 }
 
 /// The client's answer for one attempt's result.

@@ -176,6 +176,34 @@ impl UpstreamPool {
         Ok(response)
     }
 
+    /// Sends an HTTP/1.1 upgrade request (WebSocket and the like) on a connection of its own:
+    /// after a 101 the connection belongs to the upgraded protocol and never returns to the
+    /// pool.
+    pub async fn send_upgrade(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+        request: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let io = self.connect(shared, source, upstream).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        let endpoint = upstream.addr;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream upgraded connection ended");
+            }
+        });
+        sender.ready().await.map_err(SendError::Request)?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Request)
+    }
+
     /// An idle, ready connection of `key`; closed ones are dropped on the way. A connection
     /// whose previous response body is still streaming is not ready and stays pooled.
     fn idle_h1(&self, key: &Key) -> Option<http1::SendRequest<ReqBody>> {

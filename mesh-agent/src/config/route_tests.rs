@@ -1,0 +1,1 @@
+//! Tests of the L7 configuration (route_checks).

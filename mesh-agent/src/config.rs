@@ -24,7 +24,11 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
 
+mod route_checks;
+#[cfg(test)]
+mod route_tests;
 pub mod routes;
+use route_checks::{RawGrpcRoute, RawHttp, RawHttpRoute, RawOutlierDetection};
 pub use routes::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
     HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpSettings,
@@ -315,7 +319,10 @@ pub struct AuthzOperation {
 
 /// Serializes a duration as a whole number of hours, minutes or seconds
 /// (`24h`, `90m`, `10s`), the largest unit that represents it exactly.
-pub(crate) fn serialize_duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_duration<S: Serializer>(
+    d: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&format_duration(d))
 }
 
@@ -732,6 +739,13 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, deserialize_with = "null_as_empty")]
     authorization: Vec<RawPolicy>,
+    /// `null` is the defaults, like an absent section.
+    #[serde(default)]
+    http: Option<RawHttp>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    http_routes: Vec<Spanned<RawHttpRoute>>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    grpc_routes: Vec<Spanned<RawGrpcRoute>>,
 }
 
 #[derive(Deserialize)]
@@ -840,6 +854,11 @@ struct RawService {
     ports: Vec<RawServicePort>,
     #[serde(default, deserialize_with = "null_as_empty")]
     endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    load_balancer: Option<Text>,
+    /// `Some(value: None)` is a key present with a null value, which is refused as ambiguous.
+    #[serde(default, deserialize_with = "present")]
+    outlier_detection: Option<Spanned<Option<RawOutlierDetection>>>,
 }
 
 #[derive(Deserialize)]
@@ -850,6 +869,8 @@ struct RawServicePort {
     target_port: Option<Text>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    protocol: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -952,6 +973,12 @@ impl Checker<'_> {
         let workloads = self.workloads(raw.workloads)?;
         let services = self.services(raw.services, &node, &nodes)?;
         let authorization = self.policies(raw.authorization)?;
+        let http = match &raw.http {
+            Some(http) => self.http_settings(http)?,
+            None => HttpSettings::default(),
+        };
+        let http_routes = self.http_routes(&raw.http_routes, &services)?;
+        let grpc_routes = self.grpc_routes(&raw.grpc_routes, &services)?;
         Ok(Config {
             node,
             nodes,
@@ -959,9 +986,9 @@ impl Checker<'_> {
             workloads,
             services,
             authorization,
-            http: HttpSettings::default(),
-            http_routes: Vec::new(),
-            grpc_routes: Vec::new(),
+            http,
+            http_routes,
+            grpc_routes,
         })
     }
 
@@ -1221,32 +1248,20 @@ impl Checker<'_> {
     /// A whole number and a unit: `10s`, `90m`, `24h`, `1d`.
     fn cert_lifetime(&self, raw: &Text) -> Result<Duration, ConfigError> {
         let text = raw.value.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let unit_secs: u64 = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => 0,
+        let d = match parse_duration(text, CERT_LIFETIME_UNITS) {
+            DurationText::Valid(d) => Some(d),
+            DurationText::TooLarge => None,
+            DurationText::Invalid => {
+                return Err(self.err(
+                    raw.referenced,
+                    format!(
+                        "invalid cert_lifetime {}: expected a whole number and a unit s, m, h or d, such as 90m or 24h",
+                        quote(&raw.value)
+                    ),
+                ));
+            }
         };
-        if digits.is_empty() || unit_secs == 0 {
-            return Err(self.err(
-                raw.referenced,
-                format!(
-                    "invalid cert_lifetime {}: expected a whole number and a unit s, m, h or d, such as 90m or 24h",
-                    quote(&raw.value)
-                ),
-            ));
-        }
-        // Too many digits for any integer is a range problem, like for ports.
-        let secs = digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(unit_secs));
-        match secs.map(Duration::from_secs) {
+        match d {
             Some(d) if d < MIN_CERT_LIFETIME => Err(self.err(
                 raw.referenced,
                 format!(
@@ -1504,7 +1519,8 @@ impl Checker<'_> {
                     port,
                     target_port,
                     name: raw_port.name.clone(),
-                    protocol: PortProtocol::Detect,
+                    protocol: self
+                        .port_protocol(raw_port.protocol.as_ref(), raw_port.name.as_deref())?,
                 });
             }
 
@@ -1552,8 +1568,14 @@ impl Checker<'_> {
                 vips,
                 ports,
                 endpoints,
-                load_balancer: LoadBalancer::default(),
-                outlier_detection: None,
+                load_balancer: match &raw.load_balancer {
+                    Some(lb) => self.load_balancer(lb)?,
+                    None => LoadBalancer::default(),
+                },
+                outlier_detection: match &raw.outlier_detection {
+                    Some(od) => Some(self.outlier_detection(od)?),
+                    None => None,
+                },
             });
         }
         Ok(out)
@@ -1866,6 +1888,43 @@ impl Checker<'_> {
                 format!("invalid CIDR {}: {why}", quote(&raw.value)),
             )
         })
+    }
+}
+
+/// Units of `identity.cert_lifetime`, in milliseconds.
+const CERT_LIFETIME_UNITS: &[(&str, u64)] = &[
+    ("s", 1000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+
+/// A duration written as a whole number and one of `units` (name, milliseconds).
+enum DurationText {
+    Valid(Duration),
+    /// A number too large for any integer type: a range problem, like for ports.
+    TooLarge,
+    Invalid,
+}
+
+fn parse_duration(text: &str, units: &[(&str, u64)]) -> DurationText {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let Some(&(_, unit_ms)) = units.iter().find(|(name, _)| *name == unit) else {
+        return DurationText::Invalid;
+    };
+    if digits.is_empty() {
+        return DurationText::Invalid;
+    }
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+    {
+        Some(ms) => DurationText::Valid(Duration::from_millis(ms)),
+        None => DurationText::TooLarge,
     }
 }
 
@@ -2564,7 +2623,7 @@ services:
         assert_eq!(
             err.to_string(),
             format!(
-                "{}:4:1: unknown field `fast_path`, expected one of node, nodes, identity, workloads, services, authorization",
+                "{}:4:1: unknown field `fast_path`, expected one of node, nodes, identity, workloads, services, authorization, http, http_routes, grpc_routes",
                 path.display()
             )
         );

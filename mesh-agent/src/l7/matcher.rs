@@ -805,3 +805,262 @@ impl GrpcMatcher {
         holds(&self.service, service) && holds(&self.method, method)
     }
 }
+
+/// Fuzzing entry point (the `route_request` cargo-fuzz target and a unit test): serves
+/// `data` as the bytes of an HTTP/1.1 connection with hyper's server, as the proxy does, and
+/// routes every request hyper parses through a fixed table with prefix, exact, regex, header,
+/// query, method, hostname and gRPC rules, then applies the filters or builds the redirect.
+/// Panics only when an invariant breaks (a bug).
+pub fn fuzz_one(data: &[u8]) {
+    let _ = fuzzing::run(data);
+}
+
+/// [`fuzz_one`] returning the bytes the server wrote back, for tests.
+#[cfg(test)]
+fn fuzz_exchange(data: &[u8]) -> Vec<u8> {
+    fuzzing::run(data)
+}
+
+mod fuzzing {
+    use std::convert::Infallible;
+    use std::sync::OnceLock;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::{HeaderModifier, HttpRouteRule, PathModifier, UrlRewrite};
+    use crate::l7::filters;
+
+    struct Fixture {
+        runtime: tokio::runtime::Runtime,
+        table: RouteTable,
+    }
+
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+    pub(super) fn run(data: &[u8]) -> Vec<u8> {
+        let fixture = FIXTURE.get_or_init(|| Fixture {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime"),
+            table: table(),
+        });
+        fixture.runtime.block_on(serve(&fixture.table, data))
+    }
+
+    /// One connection: the client half writes `data` then closes its write side, and drains
+    /// responses concurrently so that pipelined responses cannot fill the pipe and stall.
+    async fn serve(table: &'static RouteTable, data: &[u8]) -> Vec<u8> {
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (parts, _body) = req.into_parts();
+                std::future::ready(Ok::<_, Infallible>(route(table, parts)))
+            });
+        // half_close: the client's EOF comes right after its last request; without it hyper
+        // would drop the connection before writing the responses the test looks at.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(TokioIo::new(server), service);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let write = async move {
+            let _ = wr.write_all(data).await;
+            let _ = wr.shutdown().await;
+        };
+        let read = async move {
+            let mut received = Vec::new();
+            let _ = rd.read_to_end(&mut received).await;
+            received
+        };
+        // The connection future owns the server half: when it ends, the reader sees EOF.
+        let server = async move {
+            let _ = conn.await;
+        };
+        tokio::join!(server, write, read).2
+    }
+
+    /// What the proxy does with a request head, minus the forwarding.
+    fn route(table: &RouteTable, mut parts: http::request::Parts) -> http::Response<Empty<Bytes>> {
+        let Some(found) = table.find(&RequestHead::from_parts(&parts)) else {
+            return status(http::StatusCode::NOT_FOUND);
+        };
+        if let Some(prefix) = found.matched_prefix {
+            let trimmed = prefix.trim_end_matches('/');
+            assert!(
+                prefix_matches(trimmed, parts.uri.path()),
+                "{prefix} {}",
+                parts.uri
+            );
+        }
+        if let Some(redirect) = found.rule.redirect() {
+            let (head, ()) =
+                filters::redirect_response(redirect, found.matched_prefix, &parts).into_parts();
+            return http::Response::from_parts(head, Empty::new());
+        }
+        filters::apply_request_filters(found.rule, found.matched_prefix, &mut parts);
+        // The rewritten URI must survive serialization to the backend.
+        let reparsed: Result<http::Uri, _> = parts.uri.to_string().parse();
+        assert!(
+            reparsed.is_ok(),
+            "rewritten URI {} does not parse",
+            parts.uri
+        );
+        if found.rule.pick_backend().is_none() {
+            return status(http::StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let mut response = http::Response::new(Empty::new());
+        filters::apply_response_filters(found.rule, response.headers_mut());
+        response
+    }
+
+    fn status(code: http::StatusCode) -> http::Response<Empty<Bytes>> {
+        let mut response = http::Response::new(Empty::new());
+        *response.status_mut() = code;
+        response
+    }
+
+    fn backend(name: &str, weight: u32) -> BackendRef {
+        BackendRef {
+            name: name.into(),
+            namespace: "fuzz".into(),
+            port: 80,
+            weight,
+        }
+    }
+
+    fn path(path: PathMatch) -> HttpRouteMatch {
+        HttpRouteMatch {
+            path,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            method: None,
+        }
+    }
+
+    fn rule(matches: Vec<HttpRouteMatch>, filters: Vec<HttpFilter>) -> HttpRouteRule {
+        HttpRouteRule {
+            name: None,
+            matches,
+            filters,
+            backend_refs: vec![backend("v1", 90), backend("v2", 10), backend("off", 0)],
+            timeouts: RouteTimeouts::default(),
+            retry: None,
+        }
+    }
+
+    fn regex(value: &str) -> StringMatch {
+        StringMatch::RegularExpression(value.into())
+    }
+
+    fn http_rules() -> Vec<HttpRouteRule> {
+        let prefix = |v: &str| path(PathMatch::PathPrefix(v.into()));
+        let headers = HeaderModifier {
+            set: vec![("x-set".into(), "1".into())],
+            add: vec![("x-add".into(), "2".into())],
+            remove: vec!["x-remove".into()],
+        };
+        let redirect = |scheme: Option<&str>, port, path| {
+            HttpFilter::RequestRedirect(RequestRedirect {
+                scheme: scheme.map(str::to_string),
+                hostname: None,
+                path,
+                port,
+                status_code: 302,
+            })
+        };
+        vec![
+            rule(vec![path(PathMatch::Exact("/exact".into()))], Vec::new()),
+            rule(
+                vec![HttpRouteMatch {
+                    headers: vec![HeaderMatch {
+                        name: "x-v".into(),
+                        value: regex("v[0-9]+"),
+                    }],
+                    query_params: vec![QueryParamMatch {
+                        name: "q".into(),
+                        value: regex("[a-z]*"),
+                    }],
+                    method: Some("GET".into()),
+                    ..prefix("/api/")
+                }],
+                vec![HttpFilter::RequestHeaderModifier(headers.clone())],
+            ),
+            rule(
+                vec![path(PathMatch::RegularExpression("/re/[^/]+/.*".into()))],
+                Vec::new(),
+            ),
+            rule(
+                vec![prefix("/rewrite")],
+                vec![HttpFilter::UrlRewrite(UrlRewrite {
+                    hostname: Some("rewritten.example".into()),
+                    path: Some(PathModifier::ReplacePrefixMatch("/".into())),
+                })],
+            ),
+            rule(
+                vec![prefix("/full")],
+                vec![HttpFilter::UrlRewrite(UrlRewrite {
+                    hostname: None,
+                    path: Some(PathModifier::ReplaceFullPath("/replaced".into())),
+                })],
+            ),
+            rule(
+                vec![prefix("/redirect")],
+                vec![redirect(
+                    Some("https"),
+                    Some(8443),
+                    Some(PathModifier::ReplacePrefixMatch("/new".into())),
+                )],
+            ),
+            rule(vec![prefix("/moved/")], vec![redirect(None, None, None)]),
+            rule(
+                vec![prefix("/")],
+                vec![HttpFilter::ResponseHeaderModifier(headers.clone())],
+            ),
+        ]
+    }
+
+    fn table() -> RouteTable {
+        let parent = ParentRef {
+            name: "svc".into(),
+            namespace: "fuzz".into(),
+            port: None,
+        };
+        let http_route = |name: &str, hostnames: &[&str]| HttpRoute {
+            name: name.into(),
+            namespace: "fuzz".into(),
+            parent_refs: vec![parent.clone()],
+            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            rules: http_rules(),
+        };
+        let grpc = GrpcRoute {
+            name: "grpc".into(),
+            namespace: "fuzz".into(),
+            parent_refs: vec![parent.clone()],
+            hostnames: Vec::new(),
+            rules: vec![crate::config::GrpcRouteRule {
+                name: None,
+                matches: vec![GrpcRouteMatch {
+                    method: Some(GrpcMethodMatch {
+                        regex: true,
+                        service: Some("pkg\\.[A-Za-z]+".into()),
+                        method: Some("Get|List".into()),
+                    }),
+                    headers: Vec::new(),
+                }],
+                filters: Vec::new(),
+                backend_refs: vec![backend("grpc", 1)],
+                timeouts: RouteTimeouts::default(),
+                retry: None,
+            }],
+        };
+        let routes = [
+            http_route("exact-host", &["a.example.com"]),
+            http_route("wildcard-host", &["*.example.com"]),
+            http_route("any-host", &[]),
+        ];
+        RouteTable::from_routes(&routes, &[grpc], "fuzz", "svc", 80)
+    }
+}

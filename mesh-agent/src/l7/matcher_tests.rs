@@ -1899,3 +1899,98 @@ fn redirect_edge_cases() {
     let response = redirect_response(&redirect(308), None, &parts);
     assert_eq!(response.headers()["location"], "http://[::1]:8080/a");
 }
+
+// ---------------------------------------------------------------------------------------
+// The fuzz target's logic on deterministic inputs.
+
+/// xorshift64*: a deterministic generator, so that a failure reproduces.
+struct Rng64(u64);
+
+impl Rng64 {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const FUZZ_SEEDS: &[&str] = &[
+    "GET /exact HTTP/1.1\r\nHost: a.example.com\r\n\r\n",
+    "GET /api/x?q=abc HTTP/1.1\r\nHost: b.example.com:8080\r\nx-v: v12\r\nx-remove: 1\r\n\r\n",
+    "GET /re/a/b HTTP/1.1\r\nHost: other\r\n\r\n",
+    "POST /rewrite/deep/path?x=1 HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 3\r\n\r\nabc",
+    "GET /rewrite HTTP/1.1\r\nHost: A.EXAMPLE.COM.\r\n\r\nGET /full/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    "GET /redirect/a?b=c HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+    "GET /moved/here HTTP/1.1\r\nHost: example.com:81\r\n\r\n",
+    "GET http://a.example.com:9/redirect HTTP/1.1\r\nHost: ignored\r\n\r\n",
+    "POST /pkg.Svc/Get HTTP/1.1\r\nHost: g\r\ncontent-type: application/grpc\r\n\r\n",
+    "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    "CONNECT a.example.com:443 HTTP/1.1\r\nHost: a.example.com:443\r\n\r\n",
+    "GET /%2e%2e/api//x?q=%ZZ&q=b HTTP/1.0\r\n\r\n",
+];
+
+/// A copy of `input` with a few random edits: byte flips, inserted interesting bytes,
+/// deletions, duplicated chunks and truncation.
+fn mutate(rng: &mut Rng64, input: &[u8]) -> Vec<u8> {
+    const INTERESTING: &[u8] = b"/?&=%:.*[]\r\n \t\0\xff#";
+    let mut out = input.to_vec();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(out.len() + 1);
+        match rng.below(5) {
+            0 if at < out.len() => out[at] ^= 1 << rng.below(8),
+            1 => out.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+            2 if at < out.len() => {
+                out.remove(at);
+            }
+            3 => {
+                let end = (at + rng.below(16)).min(out.len());
+                let chunk = out[at..end].to_vec();
+                out.splice(at..at, chunk);
+            }
+            _ => out.truncate(at.max(out.len() / 2)),
+        }
+    }
+    out
+}
+
+#[test]
+fn fuzz_one_survives_seeds_mutations_and_noise() {
+    let mut rng = Rng64(0x9e37_79b9_7f4a_7c15);
+    for seed in FUZZ_SEEDS {
+        fuzz_one(seed.as_bytes());
+    }
+    for _ in 0..300 {
+        let seed = FUZZ_SEEDS[rng.below(FUZZ_SEEDS.len())].as_bytes();
+        fuzz_one(&mutate(&mut rng, seed));
+    }
+    for _ in 0..100 {
+        let len = rng.below(256);
+        let noise: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        fuzz_one(&noise);
+    }
+    // Everything pipelined on one connection.
+    fuzz_one(FUZZ_SEEDS.concat().as_bytes());
+}
+
+#[test]
+fn fuzz_harness_routes_through_the_table() {
+    let exchange =
+        |request: &str| String::from_utf8_lossy(&fuzz_exchange(request.as_bytes())).into_owned();
+    let response = exchange(FUZZ_SEEDS[5]);
+    assert!(response.starts_with("HTTP/1.1 302"), "{response}");
+    assert!(
+        response.contains("location: https://[::1]:8443/new/a?b=c"),
+        "{response}"
+    );
+    let response = exchange(FUZZ_SEEDS[1]);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let response = exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.matches("x-set: 1").count(), 2, "{response}");
+    let response = exchange("GET /x HTTP/1.1\r\nHost: a\r\nbroken\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+}

@@ -101,6 +101,10 @@ pub struct ConnectArgs {
     /// Text to send after connecting; the reply is read until EOF.
     #[arg(long)]
     pub send: Option<String>,
+    /// Server-first protocols: read one line (the banner) before sending anything; it is
+    /// reported as "banner".
+    #[arg(long)]
+    pub read_first: bool,
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +252,15 @@ mod tests {
             panic!("wrong subcommand")
         };
         assert_eq!((a.timeout_ms, a.send.as_deref()), (2000, Some("x")));
+        assert!(!a.read_first);
+        let cli = parse(&["connect", "--connect", "10.1.1.2:25", "--read-first"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Connect(ConnectArgs {
+                read_first: true,
+                ..
+            })
+        ));
 
         let cli = parse(&[
             "rr",

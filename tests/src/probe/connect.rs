@@ -26,7 +26,13 @@ pub fn run(args: &ConnectArgs) -> bool {
         "peer": s.peer_addr().map(|a| a.to_string()).ok(),
     });
     let mut out = json!({ "ok": true });
-    if let Some(text) = &args.send {
+    if args.read_first {
+        match read_line(&mut s, timeout) {
+            Ok(banner) => out["banner"] = Value::from(banner),
+            Err(e) => out = failure("banner", &e),
+        }
+    }
+    if let Some(text) = args.send.as_ref().filter(|_| out["ok"] == true) {
         match exchange(&mut s, text, timeout) {
             Ok(reply) => out["reply"] = Value::from(reply),
             Err((stage, e)) => out = failure(stage, &e),
@@ -37,6 +43,23 @@ pub fn run(args: &ConnectArgs) -> bool {
     let ok = out["ok"] == true;
     emit(&out);
     ok
+}
+
+/// Reads byte by byte up to and including the first newline (or EOF): nothing after the
+/// banner is consumed.
+fn read_line(s: &mut TcpStream, timeout: Duration) -> io::Result<String> {
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// Sends `text`, half-closes, reads the reply to EOF.

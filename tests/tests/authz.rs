@@ -89,8 +89,10 @@ fn only_allowed_principals_reach_the_workload_and_deny_wins() {
     mesh.sim.add_pod("node1", "a").expect("pod a");
     mesh.sim.add_pod("node1", "b").expect("pod b");
     mesh.sim.add_pod("node2", "web").expect("pod web");
+    // Declared tcp: this is the L4 behaviour (a refused connection is reset). The HTTP answer
+    // to a refusal is the next test.
     let mut spec = MeshSpec {
-        services: vec![service("web", WEB_REMOTE_VIP, 80, 8080, &["web"])],
+        services: vec![service("web", WEB_REMOTE_VIP, 80, 8080, &["web"]).protocol("tcp")],
         authorization_yaml: Some(POLICY_ONLY_A.into()),
         ..MeshSpec::default()
     };
@@ -163,6 +165,75 @@ fn only_allowed_principals_reach_the_workload_and_deny_wins() {
     );
     assert_eq!(
         mesh.stat("node2", "inbound", "authz_denied").expect("stat"),
+        1
+    );
+}
+
+/// On an HTTP port the same refusal is an HTTP answer: 403 with the RBAC response flag, and
+/// the refused request never reaches the workload.
+#[test]
+fn refusal_on_an_http_port_is_403_with_the_rbac_flag() {
+    let mut mesh = mesh("authz-http");
+    mesh.sim.add_pod("node1", "a").expect("pod a");
+    mesh.sim.add_pod("node1", "b").expect("pod b");
+    mesh.sim.add_pod("node2", "web").expect("pod web");
+    let mut spec = MeshSpec {
+        services: vec![service("web", WEB_REMOTE_VIP, 80, 8080, &["web"]).protocol("http")],
+        authorization_yaml: Some(POLICY_ONLY_A.into()),
+        ..MeshSpec::default()
+    };
+    spec.identities.insert("a".into(), identity(Some("a"), &[]));
+    spec.identities.insert("b".into(), identity(Some("b"), &[]));
+    spec.identities
+        .insert("web".into(), identity(None, &[("app", "web")]));
+    let accepts = mesh.sim.dir().join("web-accepts");
+    let accepts_arg = accepts.display().to_string();
+    let _web = mesh
+        .serve(
+            "web",
+            &[
+                "http-server",
+                "--listen",
+                "0.0.0.0:8080",
+                "--reply",
+                "web",
+                "--accept-count-file",
+                &accepts_arg,
+            ],
+        )
+        .expect("web");
+    mesh.start_agent("node1", &spec).expect("agent node1");
+    mesh.start_agent("node2", &spec).expect("agent node2");
+    let answer = |pod: &str| {
+        let url = format!("http://{WEB_REMOTE_VIP}:80/");
+        let out = mesh
+            .run_in(
+                pod,
+                "curl",
+                &[
+                    "-sS",
+                    "-m",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %header{x-mesh-response-flags}",
+                    &url,
+                ],
+            )
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(answer("a"), "200", "{}", mesh.agent_logs("node1"));
+    assert_eq!(answer("b"), "403 RBAC", "{}", mesh.agent_logs("node1"));
+    let accepted = std::fs::read_to_string(&accepts).unwrap_or_default();
+    assert_eq!(accepted.trim(), "1", "only a's request may reach web");
+    assert_eq!(
+        mesh.stat("node2", "inbound", "authz_denied").expect("stat"),
+        1
+    );
+    assert_eq!(
+        mesh.stat("node1", "http", "local_replies").expect("stat"),
         1
     );
 }

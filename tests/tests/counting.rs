@@ -214,6 +214,12 @@ fn the_agents_own_upstream_connections_are_not_redirected() {
     // The agent of node1 runs inside node1's mesh cgroup (agent/ is a child of it), so only the
     // cgroup-id exemption keeps its upstream connects to the (meshed) endpoint address from
     // being redirected back to itself.
+    // `forwarded` counts L4 relays: this service is declared tcp (undeclared, the probe's
+    // HTTP/1.0 request would be detected and served by the L7 path).
+    let mut spec = spec;
+    for service in &mut spec.services {
+        *service = service.clone().protocol("tcp");
+    }
     let agent_cgroup = mesh.sim.node("node1").agent_cgroup.clone();
     assert!(agent_cgroup.starts_with(&mesh.sim.node("node1").cgroup));
     let _web = mesh

@@ -9,6 +9,11 @@
 //! the first matching entry of the sorted list.
 //!
 //! Matching semantics and the decisions Gateway API leaves to implementations:
+//! - Hostnames come first: a route whose matching hostname is exact (longer first), then
+//!   wildcard (longer first), then a route without hostnames; path, method, header and
+//!   query precedence only order matches within the same hostname class.
+//! - gRPC requests (content type `application/grpc*`) try the GRPCRoute rules first and the
+//!   HTTPRoute rules when none matches; other requests only see HTTPRoute rules.
 //! - Paths are compared as received: no percent-decoding, no dot-segment or slash
 //!   normalization. `/a%2Fb` does not match `PathPrefix /a`, and `/a/../b` matches
 //!   `PathPrefix /a`; the backend sees the same bytes the route saw.
@@ -733,6 +738,9 @@ pub fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
     valid.then_some((service, method))
 }
 
+/// Conditions on the service and on the method of a gRPC path (absent: any).
+type ServiceMethod = (Option<TextMatcher>, Option<TextMatcher>);
+
 /// One compiled GRPCRoute match.
 #[derive(Debug)]
 struct GrpcMatcher {
@@ -754,12 +762,8 @@ impl GrpcMatcher {
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn compile_method(
-        m: &GrpcMethodMatch,
-        route: &str,
-        rule: usize,
-    ) -> Option<(Option<TextMatcher>, Option<TextMatcher>)> {
+    /// The service and method conditions; `None` if one does not compile.
+    fn compile_method(m: &GrpcMethodMatch, route: &str, rule: usize) -> Option<ServiceMethod> {
         let text = |value: &Option<String>| -> Option<Option<TextMatcher>> {
             let Some(value) = value else {
                 return Some(None);

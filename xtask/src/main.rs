@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod tasks;
 
@@ -29,8 +30,14 @@ enum Command {
     /// Setup, then build the release binaries of the workspace (the agent embeds the eBPF code).
     Build,
     /// Setup, build, then run every test (including privileged end-to-end tests), clippy and
-    /// rustfmt; fails if any of them fails.
+    /// rustfmt and a 60 s fuzz run; fails if any of them fails.
     Test,
+    /// Run the L7 request-path fuzz target (cargo-fuzz) for a while.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Two simulated nodes with real namespaces and cgroups, agents, traffic, the flow table.
     Demo,
     /// Performance comparisons on simulated nodes (direct, kernel path only, through the agent).
@@ -61,6 +68,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Setup => setup::run(&workspace),
         Command::Build => tasks::build(&workspace).map(drop),
         Command::Test => tasks::test(&workspace),
+        Command::Fuzz { seconds } => fuzz::run(&workspace, seconds),
         Command::Demo => {
             tasks::build(&workspace)?;
             demo::run()

@@ -35,6 +35,7 @@ pub const PINNED_NIGHTLY: &str = "nightly-2026-05-19";
 const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const BPFFS: &str = "/sys/fs/bpf";
 /// Environment variable the agent's build.rs reads to pick the eBPF toolchain.
 pub const TOOLCHAIN_ENV: &str = "MESH_EBPF_TOOLCHAIN";
@@ -48,6 +49,7 @@ pub fn run(workspace: &Path) -> Result<()> {
         ebpf_toolchain(&mut changed).context("setting up the eBPF toolchain")?;
     remember_toolchain(workspace, &toolchain)?;
     let linker = bpf_linker(&mut changed).context("installing bpf-linker")?;
+    cargo_fuzz(&mut changed).context("installing cargo-fuzz")?;
     bpffs(&mut changed).context("mounting bpffs")?;
 
     let did = if changed.is_empty() {
@@ -241,6 +243,30 @@ fn remember_toolchain(workspace: &Path, toolchain: &str) -> Result<()> {
     fs::write(&file, format!("{toolchain}\n"))
         .with_context(|| format!("writing {}", file.display()))?;
     cmd::export(TOOLCHAIN_ENV, toolchain);
+    Ok(())
+}
+
+/// The toolchain `setup` chose for the eBPF crate (also the nightly the fuzz target runs on):
+/// the exported variable, else the file `setup` wrote, else `nightly`.
+pub fn ebpf_toolchain_name(workspace: &Path) -> String {
+    std::env::var(TOOLCHAIN_ENV)
+        .ok()
+        .or_else(|| fs::read_to_string(workspace.join("target").join("ebpf-toolchain")).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "nightly".to_string())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz step of `cargo xtask test`.
+fn cargo_fuzz(changed: &mut Vec<String>) -> Result<()> {
+    if Cmd::cargo().args(["fuzz", "--version"]).probe().is_some() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    Cmd::cargo()
+        .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION])
+        .run()?;
+    changed.push(format!("cargo install cargo-fuzz {CARGO_FUZZ_VERSION}"));
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub fn build(workspace: &Path) -> Result<PathBuf> {
     Ok(agent)
 }
 
-/// Setup, build, tests, clippy and rustfmt. Runs every step after a successful build and fails
+/// Setup, build, tests, clippy, rustfmt and a short fuzz run. Runs every step after a successful build and fails
 /// naming the steps that failed.
 pub fn test(workspace: &Path) -> Result<()> {
     setup::run(workspace)?;
@@ -56,6 +56,7 @@ pub fn test(workspace: &Path) -> Result<()> {
             ]),
         ),
         ("fmt", cargo(workspace).args(["fmt", "--all", "--check"])),
+        ("fuzz", crate::fuzz::command(workspace, crate::fuzz::CI_SECONDS)?),
     ];
     let mut failed = Vec::new();
     for (name, step) in steps {
@@ -68,7 +69,7 @@ pub fn test(workspace: &Path) -> Result<()> {
     if !failed.is_empty() {
         bail!("xtask test: failed step(s): {}", failed.join(", "));
     }
-    println!("xtask test: ok (build, test, clippy, fmt)");
+    println!("xtask test: ok (build, test, clippy, fmt, fuzz)");
     Ok(())
 }
 

@@ -1171,7 +1171,7 @@ impl Checker<'_> {
                     }
                 }
             }
-            None => 301,
+            None => 302,
         };
         Ok(RequestRedirect {
             scheme,

@@ -1552,7 +1552,7 @@ fn rewrites_and_redirects() {
             hostname: None,
             path: None,
             port: None,
-            status_code: 301,
+            status_code: 302,
         })]
     );
     fails(

@@ -223,7 +223,7 @@ pub struct RequestRedirect {
     pub hostname: Option<String>,
     pub path: Option<PathModifier>,
     pub port: Option<u16>,
-    /// 301 (default), 302, 303, 307 or 308.
+    /// 301, 302 (default, as in Gateway API), 303, 307 or 308.
     pub status_code: u16,
 }
 

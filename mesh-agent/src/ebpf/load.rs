@@ -44,6 +44,11 @@ impl DataPath {
     /// node-wide config and attaches everything to `cgroup`.
     pub fn start(cgroup: &Path, pin_dir: &Path, config: AgentConfig) -> Result<DataPath> {
         probe::require_root()?;
+        anyhow::ensure!(
+            !PROGRAMS.is_empty(),
+            "this mesh-agent was built without its eBPF programs (MESH_EBPF_SKIP=1, meant for \
+             fuzz builds); rebuild it without that variable"
+        );
         let root = bpffs_root(pin_dir);
         probe::ensure_bpffs(&root)?;
         probe::check(cgroup, &root)?;

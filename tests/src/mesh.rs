@@ -50,7 +50,8 @@ impl Binaries {
     }
 }
 
-/// A meshed service: VIP:port forwarded to `target_port` of the named workloads.
+/// A meshed service: VIP:port forwarded to `target_port` of the named workloads. Build it with
+/// [`ServiceSpec::new`] and the L7 setters; the fields stay public for tests that tweak them.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub name: String,
@@ -58,6 +59,60 @@ pub struct ServiceSpec {
     pub port: u16,
     pub target_port: u16,
     pub endpoints: Vec<String>,
+    /// The port's `protocol:` (tcp | http | http2 | grpc); absent: the agent detects it (or
+    /// follows the port name's Istio convention).
+    pub protocol: Option<String>,
+    /// The port's `name:` (Istio convention: "http-web" means http when `protocol` is absent).
+    pub port_name: Option<String>,
+    /// `load_balancer:` (round_robin | least_request).
+    pub load_balancer: Option<String>,
+    /// Rendered under the service as `outlier_detection:`: a flow mapping
+    /// (`{consecutive_5xx_errors: 3}`) or block lines (re-indented under the key).
+    pub outlier_yaml: Option<String>,
+}
+
+impl ServiceSpec {
+    /// A service on `vip:port` forwarded to `target_port` of the named workloads, with no L7
+    /// settings (the agent's defaults).
+    pub fn new(
+        name: &str,
+        vip: Ipv4Addr,
+        port: u16,
+        target_port: u16,
+        endpoints: &[&str],
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_string(),
+            vip,
+            port,
+            target_port,
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            protocol: None,
+            port_name: None,
+            load_balancer: None,
+            outlier_yaml: None,
+        }
+    }
+
+    pub fn protocol(mut self, protocol: &str) -> ServiceSpec {
+        self.protocol = Some(protocol.to_string());
+        self
+    }
+
+    pub fn port_name(mut self, name: &str) -> ServiceSpec {
+        self.port_name = Some(name.to_string());
+        self
+    }
+
+    pub fn load_balancer(mut self, lb: &str) -> ServiceSpec {
+        self.load_balancer = Some(lb.to_string());
+        self
+    }
+
+    pub fn outlier(mut self, yaml: &str) -> ServiceSpec {
+        self.outlier_yaml = Some(yaml.to_string());
+        self
+    }
 }
 
 /// L4 allow rules of a workload: (CIDR, ports; empty = any).
@@ -90,6 +145,9 @@ pub struct MeshSpec {
     pub authorization_yaml: Option<String>,
     /// Replaces the whole `identity:` section (for CA error tests); indented by 2.
     pub identity_yaml: Option<String>,
+    /// Top-level YAML appended to every node's config (`http:`, `http_routes:`,
+    /// `grpc_routes:` sections); common indentation is removed, otherwise verbatim.
+    pub routes_yaml: Option<String>,
 }
 
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
@@ -214,6 +272,24 @@ impl Mesh {
             let _ = writeln!(y, "    ports:");
             let _ = writeln!(y, "      - port: {}", s.port);
             let _ = writeln!(y, "        target_port: {}", s.target_port);
+            if let Some(name) = &s.port_name {
+                let _ = writeln!(y, "        name: {name}");
+            }
+            if let Some(protocol) = &s.protocol {
+                let _ = writeln!(y, "        protocol: {protocol}");
+            }
+            if let Some(lb) = &s.load_balancer {
+                let _ = writeln!(y, "    load_balancer: {lb}");
+            }
+            if let Some(outlier) = &s.outlier_yaml {
+                let block = indent_block(outlier, 6);
+                if block.lines().count() == 1 {
+                    let _ = writeln!(y, "    outlier_detection: {}", block.trim());
+                } else {
+                    let _ = writeln!(y, "    outlier_detection:");
+                    y.push_str(&block);
+                }
+            }
             let _ = writeln!(y, "    endpoints:");
             for e in &s.endpoints {
                 let w = self.sim.workload(e);
@@ -221,6 +297,9 @@ impl Mesh {
                 let _ = writeln!(y, "        node: {}", w.node);
                 let _ = writeln!(y, "        workload: {}", w.name);
             }
+        }
+        if let Some(routes) = &spec.routes_yaml {
+            y.push_str(&indent_block(routes, 0));
         }
         y
     }
@@ -342,12 +421,22 @@ impl Mesh {
 
     /// Starts a long-running mesh-probe server in a workload; waits until it listens.
     pub fn serve(&self, workload: &str, args: &[&str]) -> Result<Proc> {
-        let mut proc = self.sim.spawn(
-            &self.sim.workload(workload).placement(),
-            &self.bins.probe,
-            args,
-        )?;
-        proc.wait_for_stdout("listening", Duration::from_secs(10))?;
+        let probe = self.bins.probe.clone();
+        self.serve_program(workload, &probe, args)
+    }
+
+    /// Starts any long-running server in a workload and waits until it prints a line with
+    /// "listening" (e.g. tests/grpc/grpc_backend.py).
+    pub fn serve_program(
+        &self,
+        workload: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+    ) -> Result<Proc> {
+        let mut proc = self
+            .sim
+            .spawn(&self.sim.workload(workload).placement(), program, args)?;
+        proc.wait_for_stdout("listening", Duration::from_secs(20))?;
         Ok(proc)
     }
 
@@ -433,6 +522,34 @@ impl Drop for Mesh {
     }
 }
 
+/// `text` without blank lines at either end, its common leading indentation replaced by
+/// `indent` spaces, ending with a newline.
+pub fn indent_block(text: &str, indent: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.iter().position(|l| !l.trim().is_empty());
+    let last = lines.iter().rposition(|l| !l.trim().is_empty());
+    let (Some(first), Some(last)) = (first, last) else {
+        return String::new();
+    };
+    let lines = &lines[first..=last];
+    let common = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    for line in lines {
+        if line.trim().is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{pad}{}", &line[common..]);
+        }
+    }
+    out
+}
+
 /// The last line of output that parses as JSON.
 pub fn parse_last_json(stdout: &[u8]) -> Result<Value> {
     String::from_utf8_lossy(stdout)
@@ -440,4 +557,40 @@ pub fn parse_last_json(stdout: &[u8]) -> Result<Value> {
         .rev()
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .context("no JSON line in output")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_block_reindents() {
+        assert_eq!(
+            indent_block("\n  a: 1\n    b: 2\n\n", 6),
+            "      a: 1\n        b: 2\n"
+        );
+        assert_eq!(indent_block("{x: 1}", 6), "      {x: 1}\n");
+        assert_eq!(
+            indent_block("http_routes:\n  - name: r\n", 0),
+            "http_routes:\n  - name: r\n"
+        );
+        assert_eq!(indent_block("  \n", 2), "");
+    }
+
+    #[test]
+    fn service_builder_sets_l7_fields() {
+        let s = ServiceSpec::new("web", Ipv4Addr::new(10, 96, 0, 10), 80, 8080, &["a", "b"])
+            .protocol("http")
+            .port_name("http-web")
+            .load_balancer("least_request")
+            .outlier("{consecutive_5xx_errors: 3}");
+        assert_eq!(s.endpoints, ["a", "b"]);
+        assert_eq!(s.protocol.as_deref(), Some("http"));
+        assert_eq!(s.port_name.as_deref(), Some("http-web"));
+        assert_eq!(s.load_balancer.as_deref(), Some("least_request"));
+        assert_eq!(
+            s.outlier_yaml.as_deref(),
+            Some("{consecutive_5xx_errors: 3}")
+        );
+    }
 }

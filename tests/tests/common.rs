@@ -24,13 +24,13 @@ pub fn service(
     target_port: u16,
     endpoints: &[&str],
 ) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        vip: vip.parse::<Ipv4Addr>().expect("vip"),
+    ServiceSpec::new(
+        name,
+        vip.parse::<Ipv4Addr>().expect("vip"),
         port,
         target_port,
-        endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-    }
+        endpoints,
+    )
 }
 
 /// node1: pod "client", host workload "hclient", pods "web-local" and "echo-local";

@@ -62,13 +62,7 @@ fn release_dir() -> PathBuf {
 
 /// A service with one VIP:port forwarded to the same port of one workload.
 pub(crate) fn service(name: &str, vip: SocketAddrV4, endpoint: &str) -> ServiceSpec {
-    ServiceSpec {
-        name: name.to_string(),
-        vip: *vip.ip(),
-        port: vip.port(),
-        target_port: vip.port(),
-        endpoints: vec![endpoint.to_string()],
-    }
+    ServiceSpec::new(name, *vip.ip(), vip.port(), vip.port(), &[endpoint])
 }
 
 /// A number field of a probe's JSON output.

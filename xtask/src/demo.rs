@@ -107,13 +107,7 @@ fn spec() -> MeshSpec {
 
 /// A service named after its only endpoint workload.
 fn service(name: &str, vip: SocketAddrV4, target_port: u16) -> ServiceSpec {
-    ServiceSpec {
-        name: name.to_string(),
-        vip: *vip.ip(),
-        port: vip.port(),
-        target_port,
-        endpoints: vec![name.to_string()],
-    }
+    ServiceSpec::new(name, *vip.ip(), vip.port(), target_port, &[name])
 }
 
 fn curl_vips(mesh: &Mesh) -> Result<()> {

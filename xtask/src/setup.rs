@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "sockperf",
     // Packet captures in the tunnel test (no plaintext on the wire).
     "tshark",
+    // L7 tests: h2load (h2c load with exact request counts) and Debian's gRPC for Python
+    // (tests/grpc/*.py run with /usr/bin/python3, no protoc needed).
+    "nghttp2-client",
+    "python3-grpcio",
 ];
 
 /// Nightly used for the eBPF crate when `nightly` is missing or not on LLVM 22 (bpf-linker 0.13

@@ -35,6 +35,14 @@ pub enum Command {
     /// Full TLS 1.3 mutual-auth handshakes per second with rustls alone, in process over
     /// loopback TCP (no network, no mesh): the baseline for the mesh's session setup.
     TlsHandshakes(TlsHandshakesArgs),
+    /// Async HTTP server (HTTP/1.1 and h2c prior knowledge on one port) for L7 tests:
+    /// /echo, /status/CODE, /delay/MS, /reset; optional injected failures and delays.
+    HttpBackend(HttpBackendArgs),
+    /// Server-first protocol: writes a banner line on accept, then echoes.
+    BannerServer(BannerServerArgs),
+    /// Writes raw bytes to a server and prints the HTTP response head as JSON (for requests
+    /// curl refuses to send: malformed, oversized).
+    RawHttp(RawHttpArgs),
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +160,53 @@ pub struct TlsHandshakesArgs {
     pub concurrency: usize,
 }
 
+#[derive(Args, Debug)]
+pub struct HttpBackendArgs {
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Sent in every response as `x-backend: NAME`; every body starts with NAME.
+    #[arg(long)]
+    pub name: String,
+    /// JSON `{"requests":n,"by_status":{"200":n,..},"connections":n}`, rewritten atomically
+    /// when a request arrives and when it is answered.
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
+    /// Every Nth request (1-based count of all requests) is answered 503.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fail_every: Option<u64>,
+    /// Requests are answered 503 while this file exists.
+    #[arg(long)]
+    pub fail_while_exists: Option<PathBuf>,
+    /// Sleep before answering each request.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct BannerServerArgs {
+    #[command(flatten)]
+    pub server: ServerCommon,
+    /// Sent as `TEXT\r\n` as soon as a connection is accepted.
+    #[arg(long)]
+    pub banner: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("payload").required(true).args(["send", "send_file"])))]
+pub struct RawHttpArgs {
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Bytes to send; `\r`, `\n`, `\t`, `\\` and `\xHH` are unescaped.
+    #[arg(long)]
+    pub send: Option<String>,
+    /// File whose bytes are sent verbatim.
+    #[arg(long)]
+    pub send_file: Option<PathBuf>,
+    /// Connect timeout, and how long to wait for the response.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +305,97 @@ mod tests {
             Command::TlsHandshakes(TlsHandshakesArgs { concurrency: 2, .. })
         ));
         assert!(parse(&["conn-rate", "--seconds", "1"]).is_err());
+    }
+
+    #[test]
+    fn parses_l7_servers() {
+        let cli = parse(&[
+            "http-backend",
+            "--listen",
+            "0.0.0.0:8080",
+            "--name",
+            "web-v1",
+            "--stats-file",
+            "/tmp/s.json",
+            "--fail-every",
+            "2",
+            "--fail-while-exists",
+            "/tmp/fail",
+            "--delay-ms",
+            "30",
+        ])
+        .unwrap();
+        let Command::HttpBackend(a) = cli.command else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(a.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(a.name, "web-v1");
+        assert_eq!(a.stats_file, Some(PathBuf::from("/tmp/s.json")));
+        assert_eq!(a.fail_every, Some(2));
+        assert_eq!(a.fail_while_exists, Some(PathBuf::from("/tmp/fail")));
+        assert_eq!(a.delay_ms, 30);
+
+        let cli = parse(&["http-backend", "--listen", "0.0.0.0:80", "--name", "x"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::HttpBackend(HttpBackendArgs {
+                stats_file: None,
+                fail_every: None,
+                fail_while_exists: None,
+                delay_ms: 0,
+                ..
+            })
+        ));
+        assert!(parse(&["http-backend", "--listen", "0.0.0.0:80"]).is_err());
+        let zero = ["http-backend", "--listen", "0.0.0.0:80", "--name", "x"];
+        assert!(parse(&[&zero[..], &["--fail-every", "0"]].concat()).is_err());
+
+        let cli = parse(&[
+            "banner-server",
+            "--listen",
+            "0.0.0.0:25",
+            "--banner",
+            "220 hi",
+        ])
+        .unwrap();
+        let Command::BannerServer(a) = cli.command else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(
+            (a.banner.as_str(), a.server.accept_count_file),
+            ("220 hi", None)
+        );
+    }
+
+    #[test]
+    fn raw_http_needs_exactly_one_payload() {
+        let cli = parse(&["raw-http", "--connect", "1.2.3.4:80", "--send", "GET"]).unwrap();
+        let Command::RawHttp(a) = cli.command else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!((a.send.as_deref(), a.timeout_ms), (Some("GET"), 5000));
+        let cli = parse(&["raw-http", "--connect", "1.2.3.4:80", "--send-file", "/f"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::RawHttp(RawHttpArgs {
+                send: None,
+                send_file: Some(_),
+                ..
+            })
+        ));
+        assert!(parse(&["raw-http", "--connect", "1.2.3.4:80"]).is_err());
+        assert!(
+            parse(&[
+                "raw-http",
+                "--connect",
+                "1.2.3.4:80",
+                "--send",
+                "x",
+                "--send-file",
+                "/f"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -78,3 +78,9 @@ pub fn sink(mut s: TcpStream) -> io::Result<()> {
     s.write_all(&total.to_be_bytes())?;
     s.shutdown(Shutdown::Write)
 }
+
+/// Server-first protocol: sends `banner` and CRLF at once, then echoes like [`echo`].
+pub fn banner(mut s: TcpStream, banner: &str) -> io::Result<()> {
+    s.write_all(format!("{banner}\r\n").as_bytes())?;
+    echo(s)
+}

@@ -1,5 +1,6 @@
 //! Logic of the `mesh-probe` test workload: small synchronous TCP servers and
-//! clients whose results are JSON lines on stdout.
+//! clients whose results are JSON lines on stdout, and one async HTTP server
+//! (`http-backend`, tokio + hyper) for the L7 tests.
 
 mod bulk;
 pub mod cli;
@@ -7,7 +8,9 @@ mod connect;
 mod connrate;
 pub mod datagen;
 mod handlers;
+pub mod http_backend;
 pub mod output;
+pub mod raw_http;
 mod rr;
 mod server;
 pub mod stats;
@@ -38,5 +41,12 @@ pub fn run(cli: &Cli) -> Result<bool> {
         Command::Bulk(a) => bulk::run(a),
         Command::ConnRate(a) => connrate::run(a),
         Command::TlsHandshakes(a) => tls_handshakes::run(a),
+        Command::HttpBackend(a) => http_backend::run(a).map(|()| true),
+        Command::BannerServer(a) => {
+            let banner: Arc<str> = a.banner.as_str().into();
+            server::serve(&a.server, move |s| handlers::banner(s, &banner))?;
+            Ok(true)
+        }
+        Command::RawHttp(a) => raw_http::run(a),
     }
 }

@@ -38,12 +38,16 @@ impl AcceptCounter {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let tmp = tmp_path(path);
-        std::fs::write(&tmp, self.count.to_string())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        write_atomically(path, self.count.to_string().as_bytes())
     }
+}
+
+/// Write-then-rename: readers see the old or the new content, never a partial file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

@@ -54,7 +54,7 @@ const H1_SAT_CLIENTS: u32 = 16;
 const H2_SAT_CLIENTS: u32 = 4;
 const H2_SAT_STREAMS: u32 = 16;
 const RATE_CLIENTS: u32 = 4;
-const RATE_PER_CLIENT: u32 = 250;
+const RATE_PER_CLIENT: u32 = 500;
 /// A fixed-rate run below this share of the asked rate did not sustain it: its latency is
 /// that of a saturated path (reported, with a warning).
 const RATE_SUSTAINED: f64 = 0.9;

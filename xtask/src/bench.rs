@@ -1,5 +1,6 @@
 //! `cargo xtask bench <suite>`: performance comparisons on simulated nodes.
 
+mod http;
 mod l4;
 mod mtls;
 
@@ -13,7 +14,7 @@ use mesh_tests::mesh::{Binaries, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4", "mtls"];
+const SUITES: &[&str] = &["l4", "mtls", "http"];
 
 /// Runs one benchmark suite; `json` prints one JSON object per result line instead of a table.
 pub fn run(suite: &str, json: bool) -> Result<()> {
@@ -24,6 +25,7 @@ pub fn run(suite: &str, json: bool) -> Result<()> {
     match suite {
         "l4" => l4::run(json),
         "mtls" => mtls::run(json),
+        "http" => http::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")

@@ -20,13 +20,20 @@ pub fn command(workspace: &Path, seconds: u64) -> Result<Cmd> {
     let toolchain = setup::ebpf_toolchain_name(workspace);
     let agent = workspace.join("mesh-agent");
     let corpus = workspace.join("target").join("fuzz-corpus").join(TARGET);
-    std::fs::create_dir_all(&corpus)
-        .with_context(|| format!("creating {}", corpus.display()))?;
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let target_dir = workspace.join("target").join("fuzz");
     // libFuzzer needs nightly (sanitizer coverage flags): the eBPF toolchain is one. Rust is
     // memory-safe, so no sanitizer: what the run looks for is panics, hangs and aborts.
     Ok(Cmd::new("rustup")
-        .args(["run", &toolchain, "cargo", "fuzz", "run", "--sanitizer", "none"])
+        .args([
+            "run",
+            &toolchain,
+            "cargo",
+            "fuzz",
+            "run",
+            "--sanitizer",
+            "none",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .arg(TARGET)

@@ -264,7 +264,13 @@ fn cargo_fuzz(changed: &mut Vec<String>) -> Result<()> {
     }
     eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
     Cmd::cargo()
-        .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION])
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
         .run()?;
     changed.push(format!("cargo install cargo-fuzz {CARGO_FUZZ_VERSION}"));
     Ok(())

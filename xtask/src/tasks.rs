@@ -56,7 +56,10 @@ pub fn test(workspace: &Path) -> Result<()> {
             ]),
         ),
         ("fmt", cargo(workspace).args(["fmt", "--all", "--check"])),
-        ("fuzz", crate::fuzz::command(workspace, crate::fuzz::CI_SECONDS)?),
+        (
+            "fuzz",
+            crate::fuzz::command(workspace, crate::fuzz::CI_SECONDS)?,
+        ),
     ];
     let mut failed = Vec::new();
     for (name, step) in steps {

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use mesh_tests::mesh::{IdentitySpec, Mesh, MeshSpec};
+use mesh_tests::sim::Proc;
 
 const POLICY_ONLY_A: &str = r#"
   - name: only-a
@@ -83,16 +84,16 @@ fn restart(mesh: &mut Mesh, spec: &MeshSpec) {
     }
 }
 
-#[test]
-fn only_allowed_principals_reach_the_workload_and_deny_wins() {
-    let mut mesh = mesh("authz");
+/// Pods a and b (service accounts a and b) on node1, web (app=web) on node2 behind a VIP whose
+/// port has `protocol`, policy ONLY_A; both agents started. Returns the mesh, its spec, the
+/// web server and the file where it counts accepted connections.
+fn authz_mesh(tag: &str, protocol: &str) -> (Mesh, MeshSpec, Proc, std::path::PathBuf) {
+    let mut mesh = mesh(tag);
     mesh.sim.add_pod("node1", "a").expect("pod a");
     mesh.sim.add_pod("node1", "b").expect("pod b");
     mesh.sim.add_pod("node2", "web").expect("pod web");
-    // Declared tcp: this is the L4 behaviour (a refused connection is reset). The HTTP answer
-    // to a refusal is the next test.
     let mut spec = MeshSpec {
-        services: vec![service("web", WEB_REMOTE_VIP, 80, 8080, &["web"]).protocol("tcp")],
+        services: vec![service("web", WEB_REMOTE_VIP, 80, 8080, &["web"]).protocol(protocol)],
         authorization_yaml: Some(POLICY_ONLY_A.into()),
         ..MeshSpec::default()
     };
@@ -102,7 +103,7 @@ fn only_allowed_principals_reach_the_workload_and_deny_wins() {
         .insert("web".into(), identity(None, &[("app", "web")]));
     let accepts = mesh.sim.dir().join("web-accepts");
     let accepts_arg = accepts.display().to_string();
-    let _web = mesh
+    let web = mesh
         .serve(
             "web",
             &[
@@ -118,6 +119,14 @@ fn only_allowed_principals_reach_the_workload_and_deny_wins() {
         .expect("web");
     mesh.start_agent("node1", &spec).expect("agent node1");
     mesh.start_agent("node2", &spec).expect("agent node2");
+    (mesh, spec, web, accepts)
+}
+
+#[test]
+fn only_allowed_principals_reach_the_workload_and_deny_wins() {
+    // Declared tcp: this is the L4 behaviour (a refused connection is reset). The HTTP answer
+    // to a refusal is the next test.
+    let (mut mesh, mut spec, _web, accepts) = authz_mesh("authz", "tcp");
     let accepted = || {
         std::fs::read_to_string(&accepts)
             .unwrap()
@@ -173,37 +182,7 @@ fn only_allowed_principals_reach_the_workload_and_deny_wins() {
 /// the refused request never reaches the workload.
 #[test]
 fn refusal_on_an_http_port_is_403_with_the_rbac_flag() {
-    let mut mesh = mesh("authz-http");
-    mesh.sim.add_pod("node1", "a").expect("pod a");
-    mesh.sim.add_pod("node1", "b").expect("pod b");
-    mesh.sim.add_pod("node2", "web").expect("pod web");
-    let mut spec = MeshSpec {
-        services: vec![service("web", WEB_REMOTE_VIP, 80, 8080, &["web"]).protocol("http")],
-        authorization_yaml: Some(POLICY_ONLY_A.into()),
-        ..MeshSpec::default()
-    };
-    spec.identities.insert("a".into(), identity(Some("a"), &[]));
-    spec.identities.insert("b".into(), identity(Some("b"), &[]));
-    spec.identities
-        .insert("web".into(), identity(None, &[("app", "web")]));
-    let accepts = mesh.sim.dir().join("web-accepts");
-    let accepts_arg = accepts.display().to_string();
-    let _web = mesh
-        .serve(
-            "web",
-            &[
-                "http-server",
-                "--listen",
-                "0.0.0.0:8080",
-                "--reply",
-                "web",
-                "--accept-count-file",
-                &accepts_arg,
-            ],
-        )
-        .expect("web");
-    mesh.start_agent("node1", &spec).expect("agent node1");
-    mesh.start_agent("node2", &spec).expect("agent node2");
+    let (mesh, _spec, _web, accepts) = authz_mesh("authz-http", "http");
     let answer = |pod: &str| {
         let url = format!("http://{WEB_REMOTE_VIP}:80/");
         let out = mesh

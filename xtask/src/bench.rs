@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use mesh_tests::mesh::{Binaries, ServiceSpec};
+use mesh_tests::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
@@ -85,7 +85,56 @@ pub(crate) fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Starts or stops the agents of both nodes (stopping detaches every program of the node).
+pub(crate) fn set_agents(mesh: &mut Mesh, spec: &MeshSpec, up: bool) -> Result<()> {
+    for node in ["node1", "node2"] {
+        if up {
+            mesh.start_agent(node, spec)?;
+        } else {
+            let status = mesh.stop_agent(node)?;
+            ensure!(status.success(), "agent on {node} exited with {status}");
+        }
+    }
+    Ok(())
+}
+
+/// CPU time of every process in a cgroup so far (`usage_usec` of its cpu.stat: the same sum
+/// as utime + stime in /proc/<pid>/stat, in microseconds instead of clock ticks).
+pub(crate) fn cgroup_cpu_seconds(cgroup: &Path) -> Result<f64> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .with_context(|| format!("reading {}/cgroup.procs", cgroup.display()))?;
+    ensure!(
+        !procs.trim().is_empty(),
+        "no process in {}: is the agent running?",
+        cgroup.display()
+    );
+    let path = cgroup.join("cpu.stat");
+    let stat =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_usage_usec(&stat)
+        .map(|us| us as f64 / 1e6)
+        .with_context(|| format!("no usage_usec in {}", path.display()))
+}
+
+fn parse_usage_usec(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Three decimals: beyond that it is noise, and the lines stay readable.
 pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_stat_usage() {
+        let stat = "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n";
+        assert_eq!(parse_usage_usec(stat), Some(1_500_000));
+        assert_eq!(parse_usage_usec("user_usec 1\n"), None);
+    }
 }

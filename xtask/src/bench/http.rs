@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -44,7 +44,7 @@ use mesh_tests::mesh::{Mesh, MeshSpec, ServiceSpec};
 use mesh_tests::sim::Proc;
 use serde_json::{Value, json};
 
-use super::{median, round3};
+use super::{cgroup_cpu_seconds, median, round3};
 
 const ROUNDS: usize = 3;
 /// h2load's measured duration and warm-up, in seconds.
@@ -596,14 +596,7 @@ impl Bench {
         if up == self.agents_up {
             return Ok(());
         }
-        for node in ["node1", "node2"] {
-            if up {
-                self.mesh.start_agent(node, &self.spec)?;
-            } else {
-                let status = self.mesh.stop_agent(node)?;
-                ensure!(status.success(), "agent on {node} exited with {status}");
-            }
-        }
+        super::set_agents(&mut self.mesh, &self.spec, up)?;
         self.agents_up = up;
         std::thread::sleep(SETTLE);
         Ok(())
@@ -672,25 +665,6 @@ fn check_path(before: Option<Counters>, after: Option<Counters>, requests: u64) 
         "h2load completed {requests} requests but node1's agent counted only {ok} 2xx"
     );
     Ok(())
-}
-
-/// CPU time of every process in a cgroup so far (`usage_usec` of its cpu.stat).
-fn cgroup_cpu_seconds(cgroup: &Path) -> Result<f64> {
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
-        .with_context(|| format!("reading {}/cgroup.procs", cgroup.display()))?;
-    ensure!(
-        !procs.trim().is_empty(),
-        "no process in {}: is the agent running?",
-        cgroup.display()
-    );
-    let path = cgroup.join("cpu.stat");
-    let stat =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|us| us as f64 / 1e6)
-        .with_context(|| format!("no usage_usec in {}", path.display()))
 }
 
 /// The lines of h2load's summary the bench uses.

@@ -239,14 +239,7 @@ impl Bench {
         if up == self.agents_up {
             return Ok(());
         }
-        for node in ["node1", "node2"] {
-            if up {
-                self.mesh.start_agent(node, &self.spec)?;
-            } else {
-                let status = self.mesh.stop_agent(node)?;
-                ensure!(status.success(), "agent on {node} exited with {status}");
-            }
-        }
+        super::set_agents(&mut self.mesh, &self.spec, up)?;
         self.agents_up = up;
         Ok(())
     }

@@ -51,7 +51,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -60,7 +59,7 @@ use mesh_tests::mesh::{IdentitySpec, Mesh, MeshSpec, parse_last_json};
 use mesh_tests::sim::Proc;
 use serde_json::{Value, json};
 
-use super::{median, number, round3, service};
+use super::{cgroup_cpu_seconds, median, number, round3, service};
 
 const ROUNDS: usize = 3;
 const RR_COUNT: &str = "20000";
@@ -421,14 +420,7 @@ impl Bench {
         if up == self.agents_up {
             return Ok(());
         }
-        for node in ["node1", "node2"] {
-            if up {
-                self.mesh.start_agent(node, &self.spec)?;
-            } else {
-                let status = self.mesh.stop_agent(node)?;
-                ensure!(status.success(), "agent on {node} exited with {status}");
-            }
-        }
+        super::set_agents(&mut self.mesh, &self.spec, up)?;
         self.agents_up = up;
         std::thread::sleep(SETTLE);
         Ok(())
@@ -656,29 +648,6 @@ fn allow_time_wait_reuse(mesh: &Mesh) -> Result<()> {
     Ok(())
 }
 
-/// CPU time of every process in a cgroup so far (`usage_usec` of its cpu.stat).
-fn cgroup_cpu_seconds(cgroup: &Path) -> Result<f64> {
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
-        .with_context(|| format!("reading {}/cgroup.procs", cgroup.display()))?;
-    ensure!(
-        !procs.trim().is_empty(),
-        "no process in {}: is the agent running?",
-        cgroup.display()
-    );
-    let path = cgroup.join("cpu.stat");
-    let stat =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_usage_usec(&stat)
-        .map(|us| us as f64 / 1e6)
-        .with_context(|| format!("no usage_usec in {}", path.display()))
-}
-
-fn parse_usage_usec(stat: &str) -> Option<u64> {
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 fn check_conn_rate(v: &Value, addr: &str) -> Result<()> {
     ensure!(
         v["errors"] == 0 && v["connections"].as_u64().is_some_and(|n| n > 0),
@@ -892,12 +861,5 @@ mod tests {
         assert_eq!(hs.direct, Some(2000.0));
         assert!((hs.mesh.unwrap() - 1e6 / 950.0).abs() < 1e-9);
         assert_eq!(hs.met(), Some(true));
-    }
-
-    #[test]
-    fn cpu_stat_usage() {
-        let stat = "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n";
-        assert_eq!(parse_usage_usec(stat), Some(1_500_000));
-        assert_eq!(parse_usage_usec("user_usec 1\n"), None);
     }
 }

@@ -33,7 +33,10 @@ use tokio::{
 use super::body::ReqBody;
 use crate::{
     identity::SpiffeId,
-    proxy::{inbound, tunnel::ConnectRefused},
+    proxy::{
+        inbound,
+        tunnel::{CONNECTION_WINDOW, ConnectRefused, STREAM_WINDOW},
+    },
     runtime::Shared,
     state::{Upstream, Via},
 };
@@ -84,7 +87,26 @@ struct Key {
     endpoint: SocketAddr,
 }
 
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>>;
+/// The HTTP/2 connection of one key. Requests clone the open sender under a short std mutex;
+/// only opening a connection waits on the async one.
+#[derive(Default)]
+struct H2Connection {
+    sender: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Connection {
+    fn open(&self) -> Option<http2::SendRequest<ReqBody>> {
+        self.sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+}
+
+type H2Slot = Arc<H2Connection>;
 
 #[derive(Default)]
 pub struct UpstreamPool {
@@ -232,40 +254,36 @@ impl UpstreamPool {
     ) -> Result<Response<Incoming>, SendError> {
         let slot = {
             let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            // Connections of a rotated-away certificate get no new requests.
-            pool.retain(|k, _| {
-                k.source != key.source || k.endpoint != key.endpoint || k.serial == key.serial
-            });
-            pool.entry(key).or_default().clone()
-        };
-        let mut sender = {
-            // Concurrent first requests share one connection instead of each opening one.
-            let mut guard = slot.lock().await;
-            match guard.as_ref().filter(|s| !s.is_closed()) {
-                Some(s) => {
-                    self.stats.requests_reused.fetch_add(1, Ordering::Relaxed);
-                    s.clone()
-                }
+            match pool.get(&key) {
+                Some(slot) => slot.clone(),
                 None => {
-                    let io = self.connect(shared, source, upstream).await?;
-                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .initial_stream_window_size(super::super::proxy::tunnel::STREAM_WINDOW)
-                        .initial_connection_window_size(
-                            super::super::proxy::tunnel::CONNECTION_WINDOW,
-                        )
-                        .handshake(io)
-                        .await
-                        .map_err(SendError::Request)?;
-                    let endpoint = upstream.addr;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
-                        }
+                    // Connections of a rotated-away certificate get no new requests.
+                    pool.retain(|k, _| {
+                        k.source != key.source
+                            || k.endpoint != key.endpoint
+                            || k.serial == key.serial
                     });
-                    *guard = Some(sender.clone());
-                    sender
+                    pool.entry(key).or_default().clone()
+                }
+            }
+        };
+        let mut sender = match slot.open() {
+            // The common case: clone the open connection's sender, no waiting.
+            Some(s) => {
+                self.stats.requests_reused.fetch_add(1, Ordering::Relaxed);
+                s
+            }
+            None => {
+                // Concurrent first requests share one connection instead of each opening one.
+                let _connecting = slot.connecting.lock().await;
+                match slot.open() {
+                    Some(s) => s,
+                    None => {
+                        let sender = self.connect_h2(shared, source, upstream).await?;
+                        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(sender.clone());
+                        sender
+                    }
                 }
             }
         };
@@ -274,6 +292,30 @@ impl UpstreamPool {
             .send_request(request)
             .await
             .map_err(SendError::Request)
+    }
+
+    async fn connect_h2(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+        let io = self.connect(shared, source, upstream).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        let endpoint = upstream.addr;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     /// A byte stream to the endpoint, the way the L4 path would make it.

@@ -712,4 +712,33 @@ fn protocol_detection_on_undeclared_ports() {
     assert_eq!(v["banner"], "220 mesh-banner\r\n", "{v}");
     assert_eq!(v["reply"], "hello mesh\n", "{v}");
     assert!(wait_http_stat(&mesh, "node1", "detected_tcp", 1) >= 1);
+
+    // An HTTP/1.1 upgrade (what WebSocket does) on the detected HTTP port: the 101 arrives
+    // with its Upgrade and Connection headers, then the bytes sent after the request head
+    // travel the upgraded connection both ways.
+    let target = format!("{DETECT_VIP}:8000");
+    let v = mesh
+        .probe(
+            "client",
+            &[
+                "connect",
+                "--connect",
+                &target,
+                "--send",
+                "GET /upgrade HTTP/1.1\r\nHost: detect\r\nConnection: Upgrade\r\nUpgrade: mesh-echo\r\n\r\nping over the upgrade",
+                "--timeout-ms",
+                "5000",
+            ],
+        )
+        .expect("upgrade client");
+    assert_eq!(v["ok"], true, "{v}\n{}", mesh.agent_logs("node1"));
+    let reply = v["reply"].as_str().unwrap_or_default().to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 101"), "{v}");
+    assert!(reply.contains("upgrade: mesh-echo"), "{v}");
+    assert!(reply.contains("connection: upgrade"), "{v}");
+    assert!(
+        reply.ends_with("upgraded web-v1: ping over the upgrade"),
+        "{v}\n{}",
+        mesh.agent_logs("node1")
+    );
 }

@@ -4,8 +4,8 @@
 //! tells how many requests each backend really received.
 //!
 //! Paths: `/echo` (what the backend received, as JSON after the name line), `/status/CODE`,
-//! `/delay/MS`, `/reset` (no response: HTTP/1 connection dropped, h2 stream reset), anything
-//! else 200. Injected failures (`--fail-every`, `--fail-while-exists`) win over the path.
+//! `/delay/MS`, `/reset` (no response: HTTP/1 connection dropped, h2 stream reset),
+//! `/upgrade` (101, then the upgraded bytes are answered once), anything else 200. Injected failures (`--fail-every`, `--fail-while-exists`) win over the path.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -150,11 +150,50 @@ impl Backend {
             .expect("valid response")
     }
 
+    /// `/upgrade` with an `Upgrade` header: 101, then the upgraded connection is read to its
+    /// end and answered with `upgraded NAME: <what was read>` before closing. Without the
+    /// header: 400.
+    fn upgrade(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(protocol) = req.headers().get(hyper::header::UPGRADE).cloned() else {
+            return self.reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("{} needs an Upgrade header\n", self.name),
+            );
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut data = Vec::new();
+            if io.read_to_end(&mut data).await.is_ok() {
+                let _ = io.write_all(format!("upgraded {name}: ").as_bytes()).await;
+                let _ = io.write_all(&data).await;
+                let _ = io.shutdown().await;
+            }
+        });
+        self.answered("101");
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("x-backend", self.name.as_str())
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header(hyper::header::UPGRADE, protocol)
+            .body(Full::new(Bytes::new()))
+            .expect("valid response")
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, ResetRequested> {
         let fail = self.arrival();
+        if req.uri().path() == "/upgrade" {
+            return Ok(self.upgrade(req));
+        }
         let (parts, body) = req.into_parts();
         // Read the whole request body (it counts in /echo); a client that goes away
         // mid-body just leaves us with what arrived.
@@ -252,7 +291,7 @@ async fn serve(listen: SocketAddr, backend: Arc<Backend>) -> Result<()> {
             let service = hyper::service::service_fn(move |req| backend.clone().handle(req));
             let builder = auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 eprintln!("connection from {peer}: {e}");

@@ -67,25 +67,6 @@ pub fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
     (asks && !h2c).then(|| protocol.clone())
 }
 
-/// The host the client addressed: the URI authority (HTTP/2, absolute-form) or the Host
-/// header, without the port; lower-cased by the matcher.
-pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let authority = uri
-        .authority()
-        .map(Authority::as_str)
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))?;
-    Some(strip_port(authority))
-}
-
-/// `host:port` → `host`, `[v6]:port` → `[v6]`.
-fn strip_port(authority: &str) -> &str {
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if authority.starts_with('[') {
-        return authority.split_inclusive(']').next().unwrap_or(authority);
-    }
-    authority.split(':').next().unwrap_or(authority)
-}
-
 /// Shapes the request target for the upstream's HTTP version. HTTP/1.1: origin-form URI and a
 /// Host header. HTTP/2: absolute URI (for :scheme and :authority) and no Host header. The
 /// authority is the one the client used, so virtual hosting at the backend keeps working;
@@ -190,17 +171,6 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert!(!h.contains_key("te"));
-    }
-
-    #[test]
-    fn host_comes_from_authority_or_host_header() {
-        let uri: Uri = "http://Web.example:8080/x".parse().unwrap();
-        assert_eq!(request_host(&uri, &HeaderMap::new()), Some("Web.example"));
-        let uri: Uri = "/x".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("[fd00::1]:80"));
-        assert_eq!(request_host(&uri, &h), Some("[fd00::1]"));
-        assert_eq!(request_host(&uri, &HeaderMap::new()), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::{
     budget, filters,
     flags::{self, ResponseFlag, local_reply},
     headers,
-    matcher::{CompiledRule, RequestHead},
+    matcher::{CompiledRule, RequestHead, is_grpc},
     stats::HttpStats,
     upstream::{SendError, Source},
 };
@@ -91,7 +91,7 @@ pub async fn serve(client: TcpStream, conn: Connection) {
 async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespBody> {
     let stats = &conn.shared.http_stats;
     HttpStats::bump(&stats.requests);
-    let grpc = is_grpc(&request);
+    let grpc = is_grpc(request.headers());
     let mut response = route(conn, request, grpc).await;
     // A 101 must keep its Upgrade and Connection headers: they are the answer.
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -99,14 +99,6 @@ async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespB
     }
     stats.count_status(response.status().as_u16());
     response
-}
-
-fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody> {
@@ -119,29 +111,20 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
     let Some(port) = state.destination(conn.original).and_then(|d| d.l7.as_ref()) else {
         return reply(conn, ResponseFlag::NoRoute, grpc);
     };
-    if request.method() == http::Method::CONNECT {
+    let (mut parts, body) = request.into_parts();
+    if parts.method == http::Method::CONNECT {
         // Tunnelling through an L7 port would bypass routing; HTTP proxies refuse it too.
         let mut r = reply(conn, ResponseFlag::NoRoute, grpc);
         *r.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
         return r;
     }
-    let head = RequestHead {
-        method: request.method(),
-        host: headers::request_host(request.uri(), request.headers()),
-        path: request.uri().path(),
-        query: request.uri().query(),
-        headers: request.headers(),
-        grpc,
-    };
-    let Some(matched) = port.routes.find(&head) else {
+    let Some(matched) = port.routes.find(&RequestHead::from_parts(&parts)) else {
         return reply(conn, ResponseFlag::NoRoute, grpc);
     };
     let rule = matched.rule;
-    let prefix = matched.matched_prefix.map(str::to_owned);
-    let (mut parts, body) = request.into_parts();
+    let prefix = matched.matched_prefix;
     if let Some(redirect) = rule.redirect() {
-        let mut response =
-            filters::redirect_response(redirect, prefix.as_deref(), &parts).map(|()| empty());
+        let mut response = filters::redirect_response(redirect, prefix, &parts).map(|()| empty());
         filters::apply_response_filters(rule, response.headers_mut());
         return response;
     }
@@ -153,7 +136,7 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
     };
     let upgrade = headers::upgrade_protocol(&parts);
     headers::strip_hop_by_hop(&mut parts.headers);
-    filters::apply_request_filters(rule, prefix.as_deref(), &mut parts);
+    filters::apply_request_filters(rule, prefix, &mut parts);
     if let Some(protocol) = upgrade {
         return upgrade_request(conn, &backend, parts, body, protocol).await;
     }

@@ -178,18 +178,7 @@ impl UpstreamPool {
                 },
             }
         }
-        let io = self.connect(shared, source, upstream).await?;
-        let (mut sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(SendError::Request)?;
-        let endpoint = upstream.addr;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
-        sender.ready().await.map_err(SendError::Request)?;
+        let mut sender = self.open_h1(shared, source, upstream, false).await?;
         let response = sender
             .send_request(request)
             .await
@@ -208,6 +197,23 @@ impl UpstreamPool {
         upstream: &Upstream,
         request: Request<ReqBody>,
     ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = self.open_h1(shared, source, upstream, true).await?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Request)
+    }
+
+    /// A new HTTP/1.1 connection to the endpoint, ready for a request. `upgrades`: the
+    /// connection may switch protocols after a 101 (hyper then hands it over instead of
+    /// closing it).
+    async fn open_h1(
+        &self,
+        shared: &Shared,
+        source: &Source<'_>,
+        upstream: &Upstream,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let io = self.connect(shared, source, upstream).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(io)
@@ -215,15 +221,17 @@ impl UpstreamPool {
             .map_err(SendError::Request)?;
         let endpoint = upstream.addr;
         tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(%endpoint, error = %e, "upstream upgraded connection ended");
+            let ended = if upgrades {
+                connection.with_upgrades().await
+            } else {
+                connection.await
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
         sender.ready().await.map_err(SendError::Request)?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(SendError::Request)
+        Ok(sender)
     }
 
     /// An idle, ready connection of `key`; closed ones are dropped on the way. A connection

@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod flows;
 pub mod identity;
 pub mod l7;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

@@ -27,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     // (tests/grpc/*.py run with /usr/bin/python3, no protoc needed).
     "nghttp2-client",
     "python3-grpcio",
+    // Observability tests: a real Prometheus server and promtool (check metrics/rules, rule
+    // unit tests), and Python's strict OpenMetrics parser for the exposition.
+    "prometheus",
+    "python3-prometheus-client",
 ];
 
 /// Nightly used for the eBPF crate when `nightly` is missing or not on LLVM 22 (bpf-linker 0.13

@@ -107,6 +107,25 @@ impl ClosedFlows {
     }
 }
 
+/// A connection event for `mesh-agent flows --follow` (placeholder; helper B implements it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FlowEvent {
+    pub time: String,
+    pub event: String,
+    #[serde(flatten)]
+    pub flow: FlowRecord,
+}
+
+/// Fan-out of flow events to /flows/stream subscribers (placeholder; helper B implements it).
+#[derive(Default)]
+pub struct FlowEvents {}
+
+impl FlowEvents {
+    pub fn publish(&self, event: FlowEvent) {
+        let _ = event;
+    }
+}
+
 /// Renders records as an aligned table for the terminal.
 pub fn render_table(records: &[FlowRecord]) -> String {
     let mut out = format!(

@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) is a thin CLI over these modules; end-to-end tests and tools use the
 //! library for shared types such as flow records and config.
 
+pub mod accesslog;
 pub mod admin;
 pub mod admin_client;
 pub mod cgroup;
@@ -12,6 +13,7 @@ pub mod ebpf;
 pub mod flows;
 pub mod identity;
 pub mod l7;
+pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

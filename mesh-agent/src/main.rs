@@ -18,7 +18,8 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match dispatch(cli.command) {
+    let log = mesh_agent::logging::LogControl::placeholder();
+    match dispatch(cli.command, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mesh-agent: error: {e:#}");
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command, log: mesh_agent::logging::LogControl) -> Result<()> {
     match command {
         Command::Run { config } => {
             let config = match config {
@@ -40,7 +41,7 @@ fn dispatch(command: Command) -> Result<()> {
                     config::embedded_default()
                 }
             };
-            tokio_runtime()?.block_on(runtime::run(config))
+            tokio_runtime()?.block_on(runtime::run(config, log))
         }
         Command::Flows { admin, json, state } => {
             let path = match &state {

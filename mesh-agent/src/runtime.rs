@@ -62,6 +62,10 @@ pub struct Shared {
     pub inbound_stats: InboundStats,
     pub http_stats: crate::l7::stats::HttpStats,
     pub upstreams: crate::l7::upstream::UpstreamPool,
+    /// Live connection events for /flows/stream.
+    pub flow_events: crate::flows::FlowEvents,
+    /// The process log filter, changeable through /logging.
+    pub log: crate::logging::LogControl,
     inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
@@ -190,7 +194,7 @@ fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
     Ok(manager)
 }
 
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> {
     // Root first: without it the CA directory or key may be unreadable, and that message
     // would hide the real problem.
     ebpf::require_root()?;
@@ -243,6 +247,8 @@ pub async fn run(config: Config) -> Result<()> {
         inbound_stats: InboundStats::default(),
         http_stats: Default::default(),
         upstreams: Default::default(),
+        flow_events: Default::default(),
+        log,
         inbound_sessions: Default::default(),
     });
     shared.tunnels.prepare(&shared.state().local_identities())?;

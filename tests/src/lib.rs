@@ -8,4 +8,5 @@
 pub mod mesh;
 pub mod pki;
 pub mod probe;
+pub mod prometheus;
 pub mod sim;

@@ -148,6 +148,9 @@ pub struct MeshSpec {
     /// Top-level YAML appended to every node's config (`http:`, `http_routes:`,
     /// `grpc_routes:` sections); common indentation is removed, otherwise verbatim.
     pub routes_yaml: Option<String>,
+    /// The top-level `telemetry:` section: a flow mapping (`{istio_metrics: false}`) or block
+    /// lines (re-indented under the key); absent: the agent's defaults.
+    pub telemetry_yaml: Option<String>,
 }
 
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
@@ -300,6 +303,15 @@ impl Mesh {
         }
         if let Some(routes) = &spec.routes_yaml {
             y.push_str(&indent_block(routes, 0));
+        }
+        if let Some(telemetry) = &spec.telemetry_yaml {
+            let block = indent_block(telemetry, 2);
+            if block.lines().count() == 1 {
+                let _ = writeln!(y, "telemetry: {}", block.trim());
+            } else {
+                let _ = writeln!(y, "telemetry:");
+                y.push_str(&block);
+            }
         }
         y
     }

@@ -2,6 +2,7 @@
 
 mod http;
 mod l4;
+mod metrics;
 mod mtls;
 
 use std::{
@@ -14,7 +15,7 @@ use mesh_tests::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4", "mtls", "http"];
+const SUITES: &[&str] = &["l4", "mtls", "http", "metrics"];
 
 /// Runs one benchmark suite; `json` prints one JSON object per result line instead of a table.
 pub fn run(suite: &str, json: bool) -> Result<()> {
@@ -26,6 +27,7 @@ pub fn run(suite: &str, json: bool) -> Result<()> {
         "l4" => l4::run(json),
         "mtls" => mtls::run(json),
         "http" => http::run(json),
+        "metrics" => metrics::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")

@@ -42,7 +42,7 @@ enum Command {
     Demo,
     /// Performance comparisons on simulated nodes (direct, kernel path only, through the agent).
     Bench {
-        /// Benchmark suite: l4, mtls or http.
+        /// Benchmark suite: l4, mtls, http or metrics.
         suite: String,
         /// One JSON object per result instead of a table.
         #[arg(long)]

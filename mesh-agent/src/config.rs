@@ -28,6 +28,7 @@ mod route_checks;
 #[cfg(test)]
 mod route_tests;
 pub mod routes;
+pub mod telemetry;
 use route_checks::{RawGrpcRoute, RawHttp, RawHttpRoute, RawOutlierDetection};
 pub use routes::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
@@ -36,6 +37,8 @@ pub use routes::{
     QueryParamMatch, RequestMirror, RequestRedirect, RetryBudget, RetryPolicy, RouteTimeouts,
     StringMatch, UrlRewrite,
 };
+use telemetry::RawTelemetry;
+pub use telemetry::TelemetrySettings;
 
 /// Where BPF maps are pinned when `node.bpffs` is not set.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/mesh-agent";
@@ -82,6 +85,8 @@ pub struct Config {
     pub http_routes: Vec<HttpRoute>,
     /// Gateway API GRPCRoutes attached to services (`grpc_routes:`).
     pub grpc_routes: Vec<GrpcRoute>,
+    /// The `telemetry:` section (metrics and readiness endpoints, access log, label names).
+    pub telemetry: TelemetrySettings,
 }
 
 /// Settings of the node the agent runs on.
@@ -525,6 +530,7 @@ fn builtin_default() -> Config {
         http: HttpSettings::default(),
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),
+        telemetry: TelemetrySettings::default(),
     }
 }
 
@@ -746,6 +752,9 @@ struct RawConfig {
     http_routes: Vec<Spanned<RawHttpRoute>>,
     #[serde(default, deserialize_with = "null_as_empty")]
     grpc_routes: Vec<Spanned<RawGrpcRoute>>,
+    /// `null` is the defaults, like an absent section.
+    #[serde(default)]
+    telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Deserialize)]
@@ -979,6 +988,10 @@ impl Checker<'_> {
         };
         let http_routes = self.http_routes(&raw.http_routes, &services)?;
         let grpc_routes = self.grpc_routes(&raw.grpc_routes, &services)?;
+        let telemetry = match &raw.telemetry {
+            Some(t) => self.telemetry(t, &node)?,
+            None => TelemetrySettings::default(),
+        };
         Ok(Config {
             node,
             nodes,
@@ -989,6 +1002,7 @@ impl Checker<'_> {
             http,
             http_routes,
             grpc_routes,
+            telemetry,
         })
     }
 
@@ -2623,7 +2637,7 @@ services:
         assert_eq!(
             err.to_string(),
             format!(
-                "{}:4:1: unknown field `fast_path`, expected one of node, nodes, identity, workloads, services, authorization, http, http_routes, grpc_routes",
+                "{}:4:1: unknown field `fast_path`, expected one of node, nodes, identity, workloads, services, authorization, http, http_routes, grpc_routes, telemetry",
                 path.display()
             )
         );

@@ -66,6 +66,15 @@ pub struct Shared {
     pub flow_events: crate::flows::FlowEvents,
     /// The process log filter, changeable through /logging.
     pub log: crate::logging::LogControl,
+    /// Istio's standard metrics (istio_*).
+    pub istio: crate::metrics::registry::IstioMetrics,
+    /// Which series each kernel-counted connection belongs to.
+    pub tcp_accounting: crate::metrics::tcp::TcpAccounting,
+    /// Whether istio_* and the access log are recorded.
+    pub telemetry: crate::metrics::Switches,
+    pub program_stats: ebpf::ProgramStats,
+    pub config_reloads: crate::metrics::health::ConfigReloads,
+    pub started: std::time::Instant,
     inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
@@ -226,6 +235,9 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
         },
     )?;
     let maps = datapath.shared_maps()?;
+    let program_stats =
+        ebpf::ProgramStats::new(datapath.program_ids(), state.config.telemetry.program_stats);
+    let telemetry = state.config.telemetry.clone();
     let listeners = open_listeners(&state).context("cannot open outbound listeners")?;
     let cookies: Vec<(u64, u16)> = listeners
         .iter()
@@ -249,6 +261,12 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
         upstreams: Default::default(),
         flow_events: Default::default(),
         log,
+        istio: Default::default(),
+        tcp_accounting: crate::metrics::tcp::TcpAccounting::new(agent_cgroup_id),
+        telemetry: crate::metrics::Switches::new(&telemetry),
+        program_stats,
+        config_reloads: Default::default(),
+        started: std::time::Instant::now(),
         inbound_sessions: Default::default(),
     });
     shared.tunnels.prepare(&shared.state().local_identities())?;
@@ -261,6 +279,13 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
         proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
     }
     admin::spawn(node.admin, shared.clone()).await?;
+    crate::metrics::server::spawn(
+        telemetry.metrics_address,
+        telemetry.readiness_address,
+        shared.clone(),
+    )
+    .await?;
+    shared.config_reloads.succeeded();
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -20,6 +20,7 @@ use crate::{
     config::{Config, EgressRule, IngressRule, NodeConfig, PeerAuthMode, PortProtocol},
     identity::SpiffeId,
     l7::{BackendKey, backend::Backend, matcher::RouteTable},
+    metrics::peers::PeerIndex,
 };
 
 #[derive(Debug, Serialize)]
@@ -115,6 +116,8 @@ pub struct State {
     /// Every service port as an L7 backend (endpoints, load balancer, outlier detection,
     /// retry budget).
     pub backends: HashMap<BackendKey, Arc<Backend>>,
+    /// Workloads and services as the metric labels name them.
+    pub peers: PeerIndex,
     pub config: Config,
 }
 
@@ -242,11 +245,13 @@ impl State {
                 }
             }
         }
+        let peers = PeerIndex::build(&config, &workloads);
         Ok(State {
             node: config.node.clone(),
             workloads,
             destinations,
             backends,
+            peers,
             config,
         })
     }

@@ -5,6 +5,7 @@
 //! The probe logic lives in the library (not in the binary) so that argument
 //! parsing, statistics and the data generator can be unit-tested without root.
 
+pub mod dashboard;
 pub mod mesh;
 pub mod pki;
 pub mod probe;

@@ -40,4 +40,5 @@ pub fn spawn_event_reader(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result
 fn record(closed: &ClosedFlows, shared: &Shared, event: &ConnEvent) {
     let workload = shared.workload_name(event.stats.cgroup_id);
     closed.push(event, workload);
+    crate::metrics::connection_closed(shared, event);
 }

@@ -135,6 +135,14 @@ impl DataPath {
         SharedMaps::take(&mut self.bpf)
     }
 
+    /// (name, kernel id) of every loaded program, for run statistics.
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.bpf
+            .programs()
+            .filter_map(|(name, program)| Some((name.to_string(), program.info().ok()?.id())))
+            .collect()
+    }
+
     /// Names of the programs, for status output.
     pub fn program_names(&self) -> Vec<String> {
         self.bpf.programs().map(|(n, _)| n.to_string()).collect()

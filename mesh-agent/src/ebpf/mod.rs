@@ -5,9 +5,11 @@ mod events;
 mod load;
 mod maps;
 mod probe;
+mod stats;
 
 pub use addr::{bytes_to_ip, ip_to_bytes};
 pub use events::spawn_event_reader;
 pub use load::{DataPath, remove_pins};
 pub use maps::SharedMaps;
 pub use probe::require_root;
+pub use stats::{ProgramRuns, ProgramStats};

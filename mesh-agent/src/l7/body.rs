@@ -10,7 +10,7 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of requests sent upstream.
@@ -57,7 +57,11 @@ impl Prepared {
     /// Reads `body` into memory when the caller needs to replay it (retries or mirrors) and it
     /// fits in [`REPLAY_LIMIT`]; otherwise keeps it streaming. Frames already read when the
     /// limit is crossed are sent first, followed by the rest of the stream.
-    pub async fn new(body: Incoming, replay_wanted: bool) -> Result<Prepared, hyper::Error> {
+    pub async fn new<B>(body: B, replay_wanted: bool) -> Result<Prepared, B::Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         if !replay_wanted {
             return Ok(Prepared::Once(boxed(body)));
         }
@@ -135,6 +139,47 @@ fn replay(data: Bytes, trailers: Option<HeaderMap>) -> ReqBody {
     boxed(Frames(frames))
 }
 
+/// The client's request body, counting the bytes it delivers (istio_request_bytes).
+pub struct Counted<B> {
+    inner: B,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+pub type ClientBody = Counted<Incoming>;
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Counted<B> {
+        Counted { inner, bytes }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Frames from memory.
 struct Frames(VecDeque<Frame<Bytes>>);
 
@@ -155,14 +200,14 @@ impl Body for Frames {
 }
 
 /// Frames already read, then the rest of the original body.
-struct Prefixed {
+struct Prefixed<B> {
     read: VecDeque<Frame<Bytes>>,
-    rest: Incoming,
+    rest: B,
 }
 
-impl Body for Prefixed {
+impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -33,6 +33,19 @@ pub enum ResponseFlag {
 }
 
 impl ResponseFlag {
+    pub const ALL: [ResponseFlag; 10] = [
+        ResponseFlag::NoRoute,
+        ResponseFlag::NoCluster,
+        ResponseFlag::NoHealthyUpstream,
+        ResponseFlag::UpstreamConnectFailure,
+        ResponseFlag::UpstreamConnectionTermination,
+        ResponseFlag::UpstreamRequestTimeout,
+        ResponseFlag::UpstreamRetryLimitExceeded,
+        ResponseFlag::RetryBudgetExhausted,
+        ResponseFlag::RbacDenied,
+        ResponseFlag::DownstreamConnectionTermination,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             ResponseFlag::NoRoute => "NR",

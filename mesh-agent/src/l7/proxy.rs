@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use super::{
     BackendKey,
     backend::{Backend, Outcome, Pick},
-    body::{Prepared, ReqBody, RespBody, boxed, empty},
+    body::{ClientBody, Counted, Prepared, ReqBody, RespBody, boxed, empty},
     budget, filters,
     flags::{self, ResponseFlag, local_reply},
     headers,
@@ -34,7 +34,13 @@ use super::{
     stats::HttpStats,
     upstream::{SendError, Source},
 };
-use crate::{config::RequestMirror, identity::SpiffeId, runtime::Shared, state::State};
+use crate::{
+    config::RequestMirror,
+    identity::SpiffeId,
+    metrics::{http::RequestMeter, labels::Peer},
+    runtime::Shared,
+    state::State,
+};
 
 /// hyper refuses HTTP/1 read buffers below 8 KiB; smaller `max_header_bytes` still caps the
 /// header count through `max_headers`.
@@ -43,6 +49,8 @@ const MIN_H1_BUFFER: usize = 8192;
 /// What is known about a client connection when its first request arrives.
 pub struct Connection {
     pub shared: Arc<Shared>,
+    /// The client workload, as the metric labels name it.
+    pub source: Arc<Peer>,
     /// The identity requests are sent as (the source workload's).
     pub identity: SpiffeId,
     pub origin: IpAddr,
@@ -92,13 +100,22 @@ async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespB
     let stats = &conn.shared.http_stats;
     HttpStats::bump(&stats.requests);
     let grpc = is_grpc(request.headers());
-    let mut response = route(conn, request, grpc).await;
+    let (parts, body) = request.into_parts();
+    let service = conn
+        .shared
+        .state()
+        .destination(conn.original)
+        .and_then(|d| d.l7.as_ref())
+        .map(|p| p.service.clone());
+    let mut meter = RequestMeter::new(&parts, grpc, conn.peer, service);
+    let request = Request::from_parts(parts, Counted::new(body, meter.request_bytes.clone()));
+    let mut response = route(conn, request, grpc, &mut meter).await;
     // A 101 must keep its Upgrade and Connection headers: they are the answer.
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(response.headers_mut());
     }
     stats.count_status(response.status().as_u16());
-    response
+    meter.finish(conn.shared.clone(), conn.source.clone(), response)
 }
 
 fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody> {
@@ -106,7 +123,12 @@ fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody
     local_reply(flag, grpc)
 }
 
-async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Response<RespBody> {
+async fn route(
+    conn: &Connection,
+    request: Request<ClientBody>,
+    grpc: bool,
+    meter: &mut RequestMeter,
+) -> Response<RespBody> {
     let state = conn.shared.state();
     let Some(port) = state.destination(conn.original).and_then(|d| d.l7.as_ref()) else {
         return reply(conn, ResponseFlag::NoRoute, grpc);
@@ -138,7 +160,7 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
     headers::strip_hop_by_hop(&mut parts.headers);
     filters::apply_request_filters(rule, prefix, &mut parts);
     if let Some(protocol) = upgrade {
-        return upgrade_request(conn, &backend, parts, body, protocol).await;
+        return upgrade_request(conn, &backend, parts, body, protocol, meter).await;
     }
     let replay = rule.retry.is_some() || !rule.mirrors.is_empty();
     let mut body = match Prepared::new(body, replay).await {
@@ -151,7 +173,15 @@ async fn route(conn: &Connection, request: Request<Incoming>, grpc: bool) -> Res
         mirror_request(conn, &state, mirror, &parts, &body, upstream_h2);
     }
     backend.budget().deposit();
-    let attempts = attempts(conn, &backend, rule, &parts, &mut body, upstream_h2, grpc);
+    let attempts = attempts(
+        conn,
+        &backend,
+        rule,
+        &parts,
+        &mut body,
+        (upstream_h2, grpc),
+        meter,
+    );
     let mut response = match rule.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, attempts).await {
             Ok(r) => r,
@@ -173,8 +203,8 @@ async fn attempts(
     rule: &CompiledRule,
     parts: &Parts,
     body: &mut Prepared,
-    upstream_h2: bool,
-    grpc: bool,
+    (upstream_h2, grpc): (bool, bool),
+    meter: &mut RequestMeter,
 ) -> Response<RespBody> {
     let stats = &conn.shared.http_stats;
     let policy = rule.retry.as_ref();
@@ -182,6 +212,7 @@ async fn attempts(
     let source = Source {
         identity: &conn.identity,
         origin: conn.origin,
+        peer: &conn.source,
     };
     let mut retries = 0;
     let mut avoid = None;
@@ -192,6 +223,7 @@ async fn attempts(
         let Some(request_body) = body.take() else {
             return reply(conn, ResponseFlag::UpstreamConnectionTermination, grpc);
         };
+        meter.attempt(backend.key(), pick.addr(), &pick.upstream().via);
         let request = upstream_request(parts, request_body, upstream_h2, pick.addr());
         let send = conn.shared.upstreams.send(
             &conn.shared,
@@ -256,8 +288,9 @@ async fn upgrade_request(
     conn: &Connection,
     backend: &Arc<Backend>,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     protocol: http::HeaderValue,
+    meter: &mut RequestMeter,
 ) -> Response<RespBody> {
     let Some(client_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return reply(conn, ResponseFlag::NoRoute, false);
@@ -268,7 +301,9 @@ async fn upgrade_request(
     let source = Source {
         identity: &conn.identity,
         origin: conn.origin,
+        peer: &conn.source,
     };
+    meter.attempt(backend.key(), pick.addr(), &pick.upstream().via);
     let mut request = upstream_request(&parts, boxed(body), false, pick.addr());
     let headers = request.headers_mut();
     headers.insert(
@@ -393,6 +428,7 @@ fn mirror_request(
     let shared = conn.shared.clone();
     let identity = conn.identity.clone();
     let origin = conn.origin;
+    let peer = conn.source.clone();
     let head = clone_head(parts);
     tokio::spawn(async move {
         let Some(pick) = backend.pick(None) else {
@@ -401,6 +437,7 @@ fn mirror_request(
         let source = Source {
             identity: &identity,
             origin,
+            peer: &peer,
         };
         let request = upstream_request(&head, copy, upstream_h2, pick.addr());
         match shared

@@ -33,6 +33,7 @@ use tokio::{
 use super::body::ReqBody;
 use crate::{
     identity::SpiffeId,
+    metrics::peers::Baggage,
     proxy::{
         inbound,
         tunnel::{CONNECTION_WINDOW, ConnectRefused, STREAM_WINDOW},
@@ -125,6 +126,8 @@ pub struct Source<'a> {
     pub identity: &'a SpiffeId,
     /// The client's address, for the destination's address-based ingress rules.
     pub origin: IpAddr,
+    /// The client workload, for the destination's metrics.
+    pub peer: &'a crate::metrics::labels::Peer,
 }
 
 impl UpstreamPool {
@@ -358,10 +361,13 @@ async fn connect_stream(
                 .map_err(|_| SendError::Connect(anyhow::anyhow!("connect to {addr}: timed out")))?
                 .map_err(|e| SendError::Connect(anyhow::anyhow!("connect to {addr}: {e}")))?;
             let _ = tcp.set_nodelay(true);
+            shared.tcp_accounting.own_stream(&tcp);
             Box::new(tcp)
         }
         Via::Local => {
-            match inbound::open_local(shared, source.identity, source.origin, addr).await {
+            match inbound::open_local(shared, source.identity, source.peer, source.origin, addr)
+                .await
+            {
                 Ok(tcp) => Box::new(tcp),
                 Err(inbound::Refusal::Denied(d)) => {
                     return Err(SendError::Refused(format!("{addr}: {d:?}")));
@@ -372,7 +378,13 @@ async fn connect_stream(
         Via::Tunnel { tunnel, .. } => {
             match shared
                 .tunnels
-                .open(source.identity, *tunnel, addr, source.origin)
+                .open(
+                    source.identity,
+                    *tunnel,
+                    addr,
+                    source.origin,
+                    Baggage::of(source.peer).as_deref(),
+                )
                 .await
             {
                 Ok(stream) => Box::new(stream),

@@ -182,11 +182,15 @@ pub fn principal_value(id: &SpiffeId) -> Value {
 /// Istio's canonical service: the canonical-name label, else the Kubernetes recommended name
 /// label, else `app`, else the workload name.
 pub fn canonical_service<'a>(name: &'a str, labels: &'a BTreeMap<String, String>) -> &'a str {
-    ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-        .iter()
-        .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
-        .map(String::as_str)
-        .unwrap_or(name)
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+    .map(String::as_str)
+    .unwrap_or(name)
 }
 
 /// Istio's canonical revision: the canonical-revision label, else the Kubernetes recommended

@@ -1,5 +1,111 @@
 //! Telemetry: Istio's standard metrics (TCP from the kernel's per-connection counters, HTTP
-//! from the L7 path), the agent's own health metrics, and the records the access log prints.
+//! from the L7 path), the agent's own health metrics, readiness, and the records the access
+//! log prints.
 
+pub mod health;
+pub mod http;
 pub mod labels;
+pub mod peers;
 pub mod records;
+pub mod registry;
+pub mod server;
+pub mod tcp;
+pub mod text;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{config::TelemetrySettings, runtime::Shared};
+
+/// The switches of the `telemetry:` section that the data path reads per event.
+#[derive(Debug, Default)]
+pub struct Switches {
+    istio: AtomicBool,
+    access_log: AtomicBool,
+}
+
+impl Switches {
+    pub fn new(settings: &TelemetrySettings) -> Switches {
+        let s = Switches::default();
+        s.apply(settings);
+        s
+    }
+
+    pub fn apply(&self, settings: &TelemetrySettings) {
+        self.istio.store(settings.istio_metrics, Ordering::Relaxed);
+        self.access_log
+            .store(settings.access_log, Ordering::Relaxed);
+    }
+
+    pub fn istio_enabled(&self) -> bool {
+        self.istio.load(Ordering::Relaxed)
+    }
+
+    pub fn access_log_enabled(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+}
+
+/// Brings the TCP byte counts of live connections up to date.
+pub fn refresh(shared: &Shared) {
+    if !shared.telemetry.istio_enabled() {
+        return;
+    }
+    let live = shared.maps.live_connections();
+    let state = shared.state();
+    shared.tcp_accounting.refresh(&shared.istio, &state, &live);
+}
+
+/// Accounts a connection-close event from the kernel: istio_tcp_* and the access log.
+pub fn connection_closed(shared: &Shared, event: &mesh_common::ConnEvent) {
+    let istio = shared.telemetry.istio_enabled();
+    let access = shared.telemetry.access_log_enabled();
+    if !istio && !access {
+        return;
+    }
+    let state = shared.state();
+    shared
+        .tcp_accounting
+        .close(&shared.istio, &state, event, |record| {
+            if access {
+                crate::accesslog::connection(record);
+            }
+        });
+}
+
+/// The whole exposition: istio_* then mesh_agent_*, as OpenMetrics or Prometheus text.
+pub fn encode(shared: &Shared, openmetrics: bool) -> Result<String, std::fmt::Error> {
+    refresh(shared);
+    let mut out = String::with_capacity(64 * 1024);
+    if shared.telemetry.istio_enabled() {
+        shared.istio.encode(&mut out)?;
+    }
+    health::encode(shared, &mut out)?;
+    out.push_str("# EOF\n");
+    Ok(if openmetrics {
+        out
+    } else {
+        text::openmetrics_to_prometheus(&out)
+    })
+}
+
+/// Why the agent is not ready; empty when it is: programs attached and config applied (the
+/// start sequence sets `ready` last), and a valid certificate for every identity it holds.
+pub fn readiness_problems(shared: &Shared) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !shared.ready.load(Ordering::Relaxed) {
+        problems.push("programs not attached or config not applied yet".to_owned());
+    }
+    let wanted = shared.state().local_identities();
+    let held = shared.identity.snapshot();
+    for id in wanted {
+        let id = id.to_string();
+        match held.iter().find(|c| c.spiffe_id == id) {
+            None => problems.push(format!("no certificate for {id}")),
+            Some(c) if c.expires_in_seconds <= 0 => {
+                problems.push(format!("the certificate of {id} has expired"))
+            }
+            Some(_) => {}
+        }
+    }
+    problems
+}

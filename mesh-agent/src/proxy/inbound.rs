@@ -24,6 +24,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     identity::{PeerCert, SpiffeId},
+    metrics::{
+        labels::{Peer, Security},
+        peers::Baggage,
+        tcp::Annotation,
+    },
     policy::authz,
     proxy::tunnel,
     runtime::Shared,
@@ -79,6 +84,7 @@ impl Refusal {
 pub async fn open_local(
     shared: &Shared,
     peer: &SpiffeId,
+    source: &Peer,
     origin: IpAddr,
     target: SocketAddr,
 ) -> Result<TcpStream, Refusal> {
@@ -103,7 +109,7 @@ pub async fn open_local(
     }
     stats.authz_allowed.fetch_add(1, Ordering::Relaxed);
     drop(state);
-    connect_with_origin(shared, origin, target)
+    connect_with_origin(shared, origin, target, source)
         .await
         .map_err(|e| {
             stats.connect_failed.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +121,7 @@ async fn connect_with_origin(
     shared: &Shared,
     origin: IpAddr,
     target: SocketAddr,
+    source: &Peer,
 ) -> std::io::Result<TcpStream> {
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()?
@@ -137,6 +144,9 @@ async fn connect_with_origin(
             None
         }
     };
+    if let Some(cookie) = cookie {
+        shared.tcp_accounting.own_socket(cookie);
+    }
     if let Some(cookie) = cookie
         && let Err(e) = shared.maps.register_pending_origin(cookie, origin)
     {
@@ -159,7 +169,19 @@ async fn connect_with_origin(
         Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
         Err(e) => Err(std::io::Error::from(e)),
     };
-    let port = std_stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let local = std_stream.local_addr().ok();
+    let port = local.map(|a| a.port()).unwrap_or(0);
+    if let Some(local) = local {
+        // The workload's end of this connection, as the kernel keys it: who the client is.
+        let netns = crate::netns::netns_cookie(&std_stream).unwrap_or(0);
+        shared.tcp_accounting.annotate(
+            crate::metrics::tcp::sock_key(target, local, netns),
+            Annotation::Inbound {
+                source: source.clone(),
+                security: Security::MutualTls,
+            },
+        );
+    }
     let result = match started {
         Ok(()) => finish_connect(std_stream).await,
         Err(e) => Err(e),
@@ -323,7 +345,18 @@ async fn handle_stream(
         .and_then(|v| v.to_str().ok())
         .and_then(tunnel::parse_forwarded_for)
         .unwrap_or(peer.ip());
-    let upstream = match open_local(&shared, &cert.id, origin, target).await {
+    let source = {
+        let state = shared.state();
+        match req
+            .headers()
+            .get(tunnel::BAGGAGE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(b) => state.peers.from_baggage(&cert.id, &Baggage::parse(b)),
+            None => state.peers.by_identity(&cert.id),
+        }
+    };
+    let upstream = match open_local(&shared, &cert.id, &source, origin, target).await {
         Ok(s) => s,
         Err(refusal) => {
             tracing::info!(%peer, id = %cert.id, %target, reason = %refusal, "tunnel stream refused");

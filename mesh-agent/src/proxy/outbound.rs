@@ -18,6 +18,11 @@ use crate::{
         detect::{self, Detected},
         stats::HttpStats,
     },
+    metrics::{
+        labels::{Peer, Security},
+        peers::Baggage,
+        tcp::Annotation,
+    },
     proxy::inbound,
     runtime::Shared,
     state::Via,
@@ -81,6 +86,18 @@ async fn handle(
     let identity = source
         .map(|w| w.identity.clone())
         .unwrap_or_else(|| state.agent_identity());
+    let source_peer = Arc::new(
+        state
+            .peers
+            .by_cgroup(orig.cgroup_id)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    // The client's socket as the kernel keys it, for the annotation of its metrics.
+    let client_key = client
+        .local_addr()
+        .map(|listener| crate::metrics::tcp::sock_key(peer, listener, netns_cookie))
+        .ok();
     let l7 = destination
         .l7
         .as_ref()
@@ -105,8 +122,24 @@ async fn handle(
         };
         if let Some(upstream_h2) = upstream_h2 {
             // The upstream is a matter of each request; the connection stays with us.
+            if let Some(key) = client_key {
+                let service = destination
+                    .l7
+                    .as_ref()
+                    .map(|p| state.peers.service(&p.service.name, &p.service.namespace));
+                // Requests pick their own endpoints: the connection names only the service.
+                shared.tcp_accounting.annotate(
+                    key,
+                    Annotation::Outbound {
+                        service,
+                        destination: Peer::default(),
+                        security: Security::MutualTls,
+                    },
+                );
+            }
             let connection = l7::proxy::Connection {
                 shared: shared.clone(),
+                source: source_peer.clone(),
                 origin: state.origin_address(source, original.is_ipv6()),
                 identity,
                 original,
@@ -125,6 +158,31 @@ async fn handle(
         .clone();
     let origin = state.origin_address(source, upstream.addr.is_ipv6());
     let service = destination.service.clone();
+    if let Some(key) = client_key {
+        // The service the client asked for (its VIP), else the endpoint's service.
+        let service = destination
+            .l7
+            .as_ref()
+            .map(|p| state.peers.service(&p.service.name, &p.service.namespace))
+            .or_else(|| state.peers.service_of_endpoint(upstream.addr).cloned());
+        let destination = state
+            .peers
+            .by_ip(upstream.addr.ip())
+            .cloned()
+            .unwrap_or_default();
+        let security = match upstream.via {
+            Via::Direct => Security::Unknown,
+            Via::Local | Via::Tunnel { .. } => Security::MutualTls,
+        };
+        shared.tcp_accounting.annotate(
+            key,
+            Annotation::Outbound {
+                service,
+                destination,
+                security,
+            },
+        );
+    }
     drop(state);
     tracing::debug!(%peer, %original, upstream = %upstream.addr, via = ?upstream.via, %identity, %service, "relaying");
     let shared = &*shared;
@@ -137,23 +195,33 @@ async fn handle(
             match stream {
                 Ok(s) => {
                     s.set_nodelay(true)?;
+                    shared.tcp_accounting.own_stream(&s);
                     count_forwarded(shared);
                     super::relay(client, s).await
                 }
                 Err(e) => return refuse(client, e),
             }
         }
-        Via::Local => match inbound::open_local(shared, &identity, origin, upstream.addr).await {
-            Ok(s) => {
-                count_forwarded(shared);
-                super::relay(client, s).await
+        Via::Local => {
+            match inbound::open_local(shared, &identity, &source_peer, origin, upstream.addr).await
+            {
+                Ok(s) => {
+                    count_forwarded(shared);
+                    super::relay(client, s).await
+                }
+                Err(e) => return refuse(client, anyhow!(e)),
             }
-            Err(e) => return refuse(client, anyhow!(e)),
-        },
+        }
         Via::Tunnel { node, tunnel } => {
             match shared
                 .tunnels
-                .open(&identity, *tunnel, upstream.addr, origin)
+                .open(
+                    &identity,
+                    *tunnel,
+                    upstream.addr,
+                    origin,
+                    Baggage::of(&source_peer).as_deref(),
+                )
                 .await
                 .with_context(|| format!("tunnel to {} on {node}", upstream.addr))
             {

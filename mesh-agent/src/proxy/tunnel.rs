@@ -30,6 +30,8 @@ use crate::identity::{IdentityManager, SpiffeId, tls};
 
 /// Header that carries the original client address to the destination agent, which uses it
 /// for the kernel's address-based ingress rules (the source identity is in the certificate).
+/// Carries the source workload's metadata (W3C baggage, the keys ztunnel uses).
+pub const BAGGAGE_HEADER: &str = "baggage";
 pub const ORIGIN_HEADER: &str = "forwarded";
 
 /// HTTP/2 flow-control windows: large enough that one stream can fill a fast link without
@@ -112,6 +114,7 @@ impl TunnelPool {
         node: SocketAddr,
         target: SocketAddr,
         origin: IpAddr,
+        baggage: Option<&str>,
     ) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
         let svid = self.identity.svid(source)?;
         let key = PoolKey {
@@ -149,10 +152,15 @@ impl TunnelPool {
             .ready()
             .await
             .with_context(|| format!("tunnel session to {node} closed"))?;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .header(ORIGIN_HEADER, forwarded_for(origin))
+            .header(ORIGIN_HEADER, forwarded_for(origin));
+        // The source workload's name for the destination's metrics (ztunnel's baggage).
+        if let Some(b) = baggage.and_then(|b| http::HeaderValue::from_str(b).ok()) {
+            request = request.header(BAGGAGE_HEADER, b);
+        }
+        let request = request
             .body(Empty::<Bytes>::new())
             .context("build CONNECT request")?;
         let response = sender

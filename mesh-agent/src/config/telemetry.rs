@@ -1,0 +1,273 @@
+//! The `telemetry:` section: where metrics and readiness are served, whether Istio metrics and
+//! the access log are recorded, and the names that fill Istio's cluster and service labels.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Checker, ConfigError, NodeConfig, Text, quote};
+
+/// Istio's defaults: metrics on 15020, readiness on 15021, on every address of the node so
+/// that Prometheus and the kubelet reach them.
+pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020);
+pub const DEFAULT_READINESS_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15021);
+/// Istio's default cluster ID, which its dashboards and Kiali expect when nothing else is set.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TelemetrySettings {
+    /// GET /metrics (and /stats/prometheus): OpenMetrics or Prometheus text.
+    pub metrics_address: SocketAddr,
+    /// GET /healthz/ready.
+    pub readiness_address: SocketAddr,
+    /// Record Istio's standard metrics (istio_*). The agent's own mesh_agent_* metrics are
+    /// always served.
+    pub istio_metrics: bool,
+    /// One log line per closed connection and per HTTP request (target `access`).
+    pub access_log: bool,
+    /// `source_cluster` / `destination_cluster`.
+    pub cluster_id: String,
+    /// Services are named `<name>.<namespace>.svc.<cluster_domain>` in `destination_service`.
+    pub cluster_domain: String,
+    /// Ask the kernel to count run time and runs of the BPF programs (BPF_ENABLE_STATS) while
+    /// the agent runs; costs two clock reads per program run.
+    pub program_stats: bool,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            metrics_address: DEFAULT_METRICS_ADDRESS,
+            readiness_address: DEFAULT_READINESS_ADDRESS,
+            istio_metrics: true,
+            access_log: true,
+            cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
+            program_stats: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    #[serde(default)]
+    metrics_address: Option<Text>,
+    #[serde(default)]
+    readiness_address: Option<Text>,
+    #[serde(default)]
+    istio_metrics: Option<bool>,
+    #[serde(default)]
+    access_log: Option<bool>,
+    #[serde(default)]
+    cluster_id: Option<Text>,
+    #[serde(default)]
+    cluster_domain: Option<Text>,
+    #[serde(default)]
+    program_stats: Option<bool>,
+}
+
+impl Checker<'_> {
+    pub(super) fn telemetry(
+        &self,
+        raw: &RawTelemetry,
+        node: &NodeConfig,
+    ) -> Result<TelemetrySettings, ConfigError> {
+        let defaults = TelemetrySettings::default();
+        let metrics_address = match &raw.metrics_address {
+            Some(a) => self.listen_address(a, "metrics_address")?,
+            None => defaults.metrics_address,
+        };
+        let readiness_address = match &raw.readiness_address {
+            Some(a) => self.listen_address(a, "readiness_address")?,
+            None => defaults.readiness_address,
+        };
+        let ours = [
+            ("node.outbound_port", node.outbound_port),
+            ("node.tunnel_port", node.tunnel_port),
+            ("node.admin", node.admin.port()),
+        ];
+        let listeners = [
+            (
+                "metrics_address",
+                metrics_address,
+                raw.metrics_address.as_ref(),
+            ),
+            (
+                "readiness_address",
+                readiness_address,
+                raw.readiness_address.as_ref(),
+            ),
+        ];
+        for (key, addr, written) in listeners {
+            let clash = ours
+                .iter()
+                .find(|(_, port)| *port == addr.port())
+                .map(|(other, _)| *other)
+                .or(
+                    (key == "readiness_address" && addr.port() == metrics_address.port())
+                        .then_some("metrics_address"),
+                );
+            if let Some(other) = clash {
+                let reason = format!(
+                    "telemetry.{key} uses port {}, which `{other}` also uses",
+                    addr.port()
+                );
+                return Err(match written {
+                    Some(w) => self.err(w.referenced, reason),
+                    // Both at their defaults: the clash comes from a node port set to 15020/15021.
+                    None => ConfigError::Unlocated {
+                        file: self.origin.to_owned(),
+                        reason: format!("{reason}; set telemetry.{key} to another port"),
+                    },
+                });
+            }
+        }
+        let cluster_id = match &raw.cluster_id {
+            Some(t) => self.label_text(t, "cluster_id")?,
+            None => defaults.cluster_id,
+        };
+        let cluster_domain = match &raw.cluster_domain {
+            Some(t) => self.domain(t)?,
+            None => defaults.cluster_domain,
+        };
+        Ok(TelemetrySettings {
+            metrics_address,
+            readiness_address,
+            istio_metrics: raw.istio_metrics.unwrap_or(defaults.istio_metrics),
+            access_log: raw.access_log.unwrap_or(defaults.access_log),
+            cluster_id,
+            cluster_domain,
+            program_stats: raw.program_stats.unwrap_or(defaults.program_stats),
+        })
+    }
+
+    fn listen_address(&self, raw: &Text, key: &str) -> Result<SocketAddr, ConfigError> {
+        raw.value.trim().parse().map_err(|_| {
+            self.err(
+                raw.referenced,
+                format!(
+                    "invalid telemetry.{key} {}: expected IP:PORT such as 0.0.0.0:15020 or [::]:15020",
+                    quote(&raw.value)
+                ),
+            )
+        })
+    }
+
+    /// A value that ends up in a Prometheus label: printable, no surprises.
+    fn label_text(&self, raw: &Text, key: &str) -> Result<String, ConfigError> {
+        let text = raw.value.trim();
+        let ok = !text.is_empty()
+            && text.len() <= 63
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if ok {
+            Ok(text.to_owned())
+        } else {
+            Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid telemetry.{key} {}: use 1 to 63 characters among letters, digits, '-', '_' and '.'",
+                    quote(&raw.value)
+                ),
+            ))
+        }
+    }
+
+    fn domain(&self, raw: &Text) -> Result<String, ConfigError> {
+        let text = raw.value.trim();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if text.len() <= 253 && text.split('.').all(label_ok) {
+            Ok(text.to_owned())
+        } else {
+            Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid telemetry.cluster_domain {}: expected a DNS domain such as cluster.local",
+                    quote(&raw.value)
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, parse_str};
+
+    fn parse(telemetry: &str) -> Result<super::TelemetrySettings, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "node:\n  name: n1\n  cgroup: {}\ntelemetry:\n{telemetry}",
+            dir.path().display()
+        );
+        parse_str(&yaml, "t.yaml").map(|c| c.telemetry)
+    }
+
+    fn fails(telemetry: &str, line: Option<u64>, needle: &str) {
+        let err = parse(telemetry).expect_err("must be rejected");
+        assert_eq!(err.line(), line, "{err}");
+        assert!(err.reason().contains(needle), "{needle:?} not in: {err}");
+    }
+
+    #[test]
+    fn defaults_are_istios() {
+        let t = parse("  istio_metrics: true\n").unwrap();
+        assert_eq!(t, super::TelemetrySettings::default());
+        assert_eq!(t.metrics_address.to_string(), "0.0.0.0:15020");
+        assert_eq!(t.readiness_address.to_string(), "0.0.0.0:15021");
+        assert_eq!(t.cluster_id, "Kubernetes");
+        assert_eq!(t.cluster_domain, "cluster.local");
+        assert!(t.access_log && t.program_stats);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let t = parse(
+            "  metrics_address: 127.0.0.1:9464\n  readiness_address: '[::]:9465'\n  istio_metrics: false\n  access_log: false\n  cluster_id: east-1\n  cluster_domain: corp.example\n  program_stats: false\n",
+        )
+        .unwrap();
+        assert_eq!(t.metrics_address.to_string(), "127.0.0.1:9464");
+        assert_eq!(t.readiness_address.to_string(), "[::]:9465");
+        assert!(!t.istio_metrics && !t.access_log && !t.program_stats);
+        assert_eq!(t.cluster_id, "east-1");
+        assert_eq!(t.cluster_domain, "corp.example");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_reason() {
+        fails("  metrics_address: 15020\n", Some(5), "expected IP:PORT");
+        fails(
+            "  metrics_address: 0.0.0.0:15008\n",
+            Some(5),
+            "`node.tunnel_port` also uses",
+        );
+        fails(
+            "  readiness_address: 0.0.0.0:15020\n",
+            Some(5),
+            "`metrics_address` also uses",
+        );
+        fails(
+            "  cluster_id: 'a b'\n",
+            Some(5),
+            "invalid telemetry.cluster_id",
+        );
+        fails(
+            "  cluster_domain: Cluster.Local\n",
+            Some(5),
+            "expected a DNS domain",
+        );
+        fails("  metrics: true\n", Some(5), "unknown field `metrics`");
+    }
+}

@@ -1,0 +1,299 @@
+//! The agent's own health metrics (mesh_agent_*), read from their sources at each scrape:
+//! the kernel's per-CPU counters and program statistics, map usage, certificates, and the
+//! userspace counters. Built into a fresh registry per scrape: they are few, and nothing has
+//! to be kept in sync between scrapes.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use mesh_common::capacity;
+use prometheus_client::{
+    encoding::text::encode_registry,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::Serialize;
+
+use crate::runtime::Shared;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Config loads and reloads, and the last rejection (shown in /config_dump and the log).
+#[derive(Default, Serialize)]
+pub struct ConfigReloads {
+    pub success: AtomicU64,
+    pub failure: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ConfigReloads {
+    pub fn succeeded(&self) {
+        self.success.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
+    pub fn failed(&self, error: String) {
+        self.failure.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error);
+        }
+    }
+}
+
+fn counter(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+fn gauge(value: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(value);
+    g
+}
+
+fn f64_gauge(value: f64) -> Gauge<f64, std::sync::atomic::AtomicU64> {
+    let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    g.set(value);
+    g
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_to_unix(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// Appends the mesh_agent_* families (OpenMetrics, without `# EOF`).
+pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
+    let mut r = Registry::with_prefix("mesh_agent");
+
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
+        .set(1);
+    r.register(
+        "build_info",
+        "Version of the running agent (always 1)",
+        build,
+    );
+    r.register(
+        "ready",
+        "1 when the programs are attached, certificates are loaded and config is applied",
+        gauge(i64::from(shared.ready.load(Ordering::Relaxed))),
+    );
+
+    let runs = Family::<Labels, Counter>::default();
+    let run_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    for p in shared.program_stats.read() {
+        let labels = vec![("program", p.program)];
+        runs.get_or_create(&labels).inc_by(p.runs);
+        run_seconds
+            .get_or_create(&labels)
+            .inc_by(p.run_time.as_secs_f64());
+    }
+    r.register(
+        "program_runs",
+        "Runs of each eBPF program (counted while program statistics are enabled)",
+        runs,
+    );
+    r.register(
+        "program_run_seconds",
+        "Time spent in each eBPF program (counted while program statistics are enabled)",
+        run_seconds,
+    );
+
+    let usage = shared.maps.usage();
+    let entries = Family::<Labels, Gauge>::default();
+    let capacities = Family::<Labels, Gauge>::default();
+    let maps: [(&str, usize, u32); 8] = [
+        ("services", usage.services, capacity::SERVICES),
+        ("workloads", usage.workloads, capacity::WORKLOADS),
+        ("listeners", usage.listeners, capacity::LISTENERS),
+        ("egress_policy", usage.egress_rules, capacity::POLICY),
+        ("ingress_policy", usage.ingress_rules, capacity::POLICY),
+        ("connections", usage.live_connections, capacity::CONNS),
+        (
+            "agent_origins",
+            usage.agent_origins,
+            capacity::AGENT_ORIGINS,
+        ),
+        (
+            "pending_origins",
+            usage.pending_origins,
+            capacity::PENDING_ORIGINS,
+        ),
+    ];
+    for (map, used, cap) in maps {
+        let labels = vec![("map", map.to_owned())];
+        entries.get_or_create(&labels).set(used as i64);
+        capacities.get_or_create(&labels).set(i64::from(cap));
+    }
+    r.register("map_entries", "Entries in each kernel map", entries);
+    r.register(
+        "map_capacity",
+        "Maximum entries of each kernel map",
+        capacities,
+    );
+
+    let kernel = shared.kernel_counters();
+    let k = |name: &str| kernel.get(name).copied().unwrap_or(0);
+    let drops = Family::<Labels, Counter>::default();
+    for (direction, reason, value) in [
+        ("outbound", "policy", k("connect_denied")),
+        ("inbound", "policy", k("ingress_denied")),
+        ("inbound", "strict", k("ingress_strict_denied")),
+    ] {
+        drops
+            .get_or_create(&vec![
+                ("direction", direction.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc_by(value);
+    }
+    r.register(
+        "policy_drops",
+        "Connections refused in the kernel: outbound connect() denied with EPERM, inbound SYN dropped",
+        drops,
+    );
+    r.register(
+        "ringbuf_lost_events",
+        "Connection-close events the kernel could not queue (ring buffer full)",
+        counter(k("events_lost")),
+    );
+    r.register(
+        "connections_redirected",
+        "connect() calls redirected to the agent",
+        counter(k("connect_redirected")),
+    );
+    r.register(
+        "kernel_connections_opened",
+        "TCP connections established in the meshed cgroup (kernel count)",
+        counter(k("conns_opened")),
+    );
+    r.register(
+        "kernel_connections_closed",
+        "TCP connections closed in the meshed cgroup (kernel count)",
+        counter(k("conns_closed")),
+    );
+    r.register(
+        "orig_dst_missing",
+        "Redirected connections whose original destination was not found",
+        counter(k("orig_dst_missing")),
+    );
+
+    let reloads = Family::<Labels, Counter>::default();
+    for (result, value) in [
+        (
+            "success",
+            shared.config_reloads.success.load(Ordering::Relaxed),
+        ),
+        (
+            "failure",
+            shared.config_reloads.failure.load(Ordering::Relaxed),
+        ),
+    ] {
+        reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc_by(value);
+    }
+    r.register(
+        "config_reloads",
+        "Config loads by result (the initial load counts as a success)",
+        reloads,
+    );
+
+    let now = unix_now();
+    let expiry = Family::<Labels, Gauge>::default();
+    for cert in shared.identity.snapshot() {
+        expiry
+            .get_or_create(&vec![("spiffe_id", cert.spiffe_id)])
+            .set(now + cert.expires_in_seconds);
+    }
+    r.register(
+        "certificate_expiration_timestamp_seconds",
+        "When each held workload certificate expires (Unix time)",
+        expiry,
+    );
+    if let Some(earliest) = shared
+        .identity
+        .bundle_info()
+        .iter()
+        .filter_map(|root| rfc3339_to_unix(&root.not_after))
+        .min()
+    {
+        r.register(
+            "ca_expiration_timestamp_seconds",
+            "When the earliest root of the trust bundle expires (Unix time)",
+            gauge(earliest),
+        );
+    }
+
+    let inbound = &shared.inbound_stats;
+    r.register(
+        "tunnel_handshake_failures",
+        "Inbound tunnel connections refused during the TLS handshake (wrong, missing or untrusted certificate, not TLS 1.3)",
+        counter(inbound.tls_failed.load(Ordering::Relaxed)),
+    );
+    let denied = Family::<Labels, Counter>::default();
+    denied
+        .get_or_create(&vec![("reporter", "destination".to_owned())])
+        .inc_by(inbound.authz_denied.load(Ordering::Relaxed));
+    r.register(
+        "authz_denied",
+        "Inbound connections refused by authorization policy",
+        denied,
+    );
+    r.register(
+        "istio_series",
+        "Label sets of the istio_* metrics held in memory",
+        gauge(shared.istio.series_count() as i64),
+    );
+    r.register(
+        "tracked_connections",
+        "Connections whose bytes are being counted for the istio_tcp_* metrics",
+        gauge(shared.tcp_accounting.tracked() as i64),
+    );
+    r.register(
+        "uptime_seconds",
+        "Seconds since the agent started",
+        f64_gauge(shared.started.elapsed().as_secs_f64()),
+    );
+    encode_registry(out, &r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_parses_to_unix_time() {
+        assert_eq!(rfc3339_to_unix("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(rfc3339_to_unix("not a time"), None);
+    }
+
+    #[test]
+    fn reload_failures_keep_the_last_error_until_a_success() {
+        let r = ConfigReloads::default();
+        r.failed("bad".into());
+        assert_eq!(r.last_error.lock().unwrap().as_deref(), Some("bad"));
+        r.succeeded();
+        assert_eq!(r.last_error.lock().unwrap().as_deref(), None);
+        assert_eq!(r.failure.load(Ordering::Relaxed), 1);
+        assert_eq!(r.success.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,323 @@
+//! Istio's request metrics and the request access log, for the L7 path.
+//!
+//! A [`RequestMeter`] is made when a request arrives; routing fills in the backend, endpoint
+//! and attempts; the response body is then wrapped so that the request is recorded when its
+//! last byte has been sent (Istio's request duration runs to the end of the response), or
+//! when the client goes away first. gRPC status comes from the response headers
+//! (trailers-only answers) or from the trailers.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, request::Parts};
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::{
+    labels::{
+        Flags, GrpcStatus, Peer, Reporter, RequestLabels, RequestProtocol, Security, ServiceRef,
+        TrafficLabels,
+    },
+    records::RequestRecord,
+};
+use crate::{
+    l7::{BackendKey, body::RespBody, flags::FLAGS_HEADER},
+    runtime::Shared,
+    state::Via,
+};
+
+/// What is known about one request while it is routed.
+pub struct RequestMeter {
+    started: Instant,
+    pub request_bytes: Arc<AtomicU64>,
+    grpc: bool,
+    client: SocketAddr,
+    method: String,
+    authority: String,
+    path: String,
+    version: &'static str,
+    /// The service the client asked for (the VIP's).
+    service: Option<BackendKey>,
+    /// Set by routing: the backend service picked, the endpoint of the last attempt, how it
+    /// was reached, and the number of attempts.
+    pub backend: Option<BackendKey>,
+    pub endpoint: Option<SocketAddr>,
+    pub security: Security,
+    pub attempts: u32,
+}
+
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+impl RequestMeter {
+    pub fn new(
+        parts: &Parts,
+        grpc: bool,
+        client: SocketAddr,
+        service: Option<BackendKey>,
+    ) -> RequestMeter {
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        RequestMeter {
+            started: Instant::now(),
+            request_bytes: Arc::default(),
+            grpc,
+            client,
+            method: parts.method.as_str().to_owned(),
+            authority,
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
+            version: version_text(parts.version),
+            service,
+            backend: None,
+            endpoint: None,
+            security: Security::Unknown,
+            attempts: 0,
+        }
+    }
+
+    /// An attempt is being sent to `endpoint` of `backend`.
+    pub fn attempt(&mut self, backend: &BackendKey, endpoint: SocketAddr, via: &Via) {
+        if self.backend.as_ref() != Some(backend) {
+            self.backend = Some(backend.clone());
+        }
+        self.endpoint = Some(endpoint);
+        self.security = match via {
+            Via::Tunnel { .. } | Via::Local => Security::MutualTls,
+            Via::Direct => Security::Unknown,
+        };
+        self.attempts += 1;
+    }
+
+    /// Wraps the response so that the request is recorded once the response is done.
+    pub fn finish(
+        self,
+        shared: Arc<Shared>,
+        source: Arc<Peer>,
+        response: Response<RespBody>,
+    ) -> Response<RespBody> {
+        let (parts, body) = response.into_parts();
+        let grpc_status = self.grpc.then(|| grpc_status(&parts.headers)).flatten();
+        let flags = parts
+            .headers
+            .get(FLAGS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(static_flag);
+        let pending = Pending {
+            meter: self,
+            shared,
+            source,
+            status: parts.status.as_u16(),
+            grpc_status,
+            flags,
+            response_bytes: 0,
+        };
+        let body = Metered {
+            inner: body,
+            pending: Some(pending),
+        };
+        Response::from_parts(parts, crate::l7::body::boxed(body))
+    }
+}
+
+/// The flag names are a fixed set; the label keeps them as static strings.
+fn static_flag(text: &str) -> Option<&'static str> {
+    crate::l7::flags::ResponseFlag::ALL
+        .iter()
+        .map(|f| f.code())
+        .find(|name| *name == text)
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+struct Pending {
+    meter: RequestMeter,
+    shared: Arc<Shared>,
+    source: Arc<Peer>,
+    status: u16,
+    grpc_status: Option<u32>,
+    flags: Option<&'static str>,
+    response_bytes: u64,
+}
+
+impl Pending {
+    fn record(self) {
+        let shared = &self.shared;
+        let istio = shared.telemetry.istio_enabled();
+        let access = shared.telemetry.access_log_enabled();
+        if !istio && !access {
+            return;
+        }
+        let m = &self.meter;
+        let state = shared.state();
+        let service_key = m.backend.as_ref().or(m.service.as_ref());
+        let service: Option<ServiceRef> =
+            service_key.map(|k| state.peers.service(&k.name, &k.namespace));
+        let destination = m
+            .endpoint
+            .and_then(|e| state.peers.by_ip(e.ip()).cloned())
+            .unwrap_or_default();
+        drop(state);
+        let mut traffic = TrafficLabels::new(
+            Reporter::Source,
+            &self.source,
+            service.as_ref(),
+            &destination,
+            if m.grpc {
+                RequestProtocol::Grpc
+            } else {
+                RequestProtocol::Http
+            },
+            m.security,
+        );
+        traffic.response_flags = Flags(self.flags);
+        let labels = RequestLabels {
+            traffic,
+            response_code: self.status,
+            grpc_response_status: GrpcStatus(self.grpc_status),
+        };
+        let duration = m.started.elapsed();
+        let request_bytes = m.request_bytes.load(Ordering::Relaxed);
+        if istio {
+            shared
+                .istio
+                .record_request(&labels, duration, request_bytes, self.response_bytes);
+        }
+        if access {
+            crate::accesslog::request(&RequestRecord {
+                labels: &labels,
+                client: m.client,
+                method: &m.method,
+                authority: &m.authority,
+                path: &m.path,
+                protocol: m.version,
+                duration,
+                request_bytes,
+                response_bytes: self.response_bytes,
+                upstream: m.endpoint,
+                attempts: m.attempts,
+            });
+        }
+    }
+}
+
+/// The response body on its way to the client; records the request at its end.
+struct Metered {
+    inner: RespBody,
+    pending: Option<Pending>,
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = crate::l7::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(p) = self.pending.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        p.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref()
+                        && p.meter.grpc
+                        && let Some(status) = grpc_status(trailers)
+                    {
+                        p.grpc_status = Some(status);
+                    }
+                }
+                if self.inner.is_end_stream()
+                    && let Some(p) = self.pending.take()
+                {
+                    p.record();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(p) = self.pending.take() {
+                    p.record();
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // An empty body is never polled, and a client that goes away stops polling.
+        if let Some(p) = self.pending.take() {
+            p.record();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_status_is_read_from_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status(&h), None);
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(grpc_status(&h), Some(14));
+    }
+
+    #[test]
+    fn flags_map_to_their_static_names() {
+        assert_eq!(static_flag("UH"), Some("UH"));
+        assert_eq!(static_flag("NR"), Some("NR"));
+        assert_eq!(static_flag("bogus"), None);
+    }
+
+    #[test]
+    fn versions_are_named_like_envoy() {
+        assert_eq!(version_text(http::Version::HTTP_11), "HTTP/1.1");
+        assert_eq!(version_text(http::Version::HTTP_2), "HTTP/2");
+    }
+}

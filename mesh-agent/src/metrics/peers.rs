@@ -1,0 +1,217 @@
+//! Who is who, for labels: the workloads of this node (by cgroup and address), the workloads
+//! behind service endpoints (by address), and the service of each endpoint address. Built
+//! with the model, so a lookup per connection is a hash probe.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use super::labels::{Peer, ServiceRef};
+use crate::{
+    config::Config,
+    identity::SpiffeId,
+    state::{WorkloadState, canonical_ip},
+};
+
+#[derive(Debug, Default)]
+pub struct PeerIndex {
+    by_cgroup: HashMap<u64, Peer>,
+    by_ip: HashMap<IpAddr, Peer>,
+    /// Endpoint address (ip, target port) -> its service.
+    services_by_endpoint: HashMap<SocketAddr, ServiceRef>,
+    /// (namespace, name) of every workload the labels may name.
+    workloads: HashSet<(String, String)>,
+    cluster: String,
+    cluster_domain: String,
+}
+
+impl PeerIndex {
+    pub fn build(config: &Config, workloads: &[WorkloadState]) -> PeerIndex {
+        let cluster = config.telemetry.cluster_id.clone();
+        let domain = config.telemetry.cluster_domain.clone();
+        let mut index = PeerIndex {
+            cluster: cluster.clone(),
+            cluster_domain: domain.clone(),
+            ..PeerIndex::default()
+        };
+        let no_labels = BTreeMap::new();
+        // Endpoints first, so that a local workload's richer entry (labels, identity) wins.
+        for s in &config.services {
+            let service = ServiceRef::new(&s.name, &s.namespace, &domain);
+            for e in &s.endpoints {
+                let ip = canonical_ip(e.ip);
+                if let Some(name) = &e.workload {
+                    index.workloads.insert((s.namespace.clone(), name.clone()));
+                    index.by_ip.entry(ip).or_insert_with(|| {
+                        Peer::workload(name, &s.namespace, &no_labels, None, &cluster)
+                    });
+                }
+                for p in &s.ports {
+                    index
+                        .services_by_endpoint
+                        .entry(SocketAddr::new(ip, p.target_port))
+                        .or_insert_with(|| service.clone());
+                }
+            }
+        }
+        for w in workloads {
+            let peer = Peer::workload(
+                &w.name,
+                &w.namespace,
+                &w.labels,
+                Some(&w.identity),
+                &cluster,
+            );
+            index
+                .workloads
+                .insert((w.namespace.clone(), w.name.clone()));
+            for ip in &w.ips {
+                index.by_ip.insert(canonical_ip(*ip), peer.clone());
+            }
+            index.by_cgroup.insert(w.cgroup_id, peer);
+        }
+        index
+    }
+
+    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<&Peer> {
+        self.by_cgroup.get(&cgroup_id)
+    }
+
+    pub fn by_ip(&self, ip: IpAddr) -> Option<&Peer> {
+        self.by_ip.get(&canonical_ip(ip))
+    }
+
+    pub fn service_of_endpoint(&self, addr: SocketAddr) -> Option<&ServiceRef> {
+        self.services_by_endpoint
+            .get(&SocketAddr::new(canonical_ip(addr.ip()), addr.port()))
+    }
+
+    pub fn service(&self, name: &str, namespace: &str) -> ServiceRef {
+        ServiceRef::new(name, namespace, &self.cluster_domain)
+    }
+
+    /// A client known by its certificate: the local workload with that identity when there is
+    /// exactly one, else the identity alone.
+    pub fn by_identity(&self, id: &SpiffeId) -> Peer {
+        let principal = super::labels::principal_value(id);
+        let mut matches = self.by_cgroup.values().filter(|p| p.principal == principal);
+        match (matches.next(), matches.next()) {
+            (Some(only), None) => only.clone(),
+            _ => Peer::identity(id, &self.cluster),
+        }
+    }
+
+    /// A peer from the workload metadata a source agent sent along (the `baggage` of the
+    /// tunnel request), trusted only for the namespace its certificate proves.
+    pub fn from_baggage(&self, id: &SpiffeId, baggage: &Baggage) -> Peer {
+        let mut peer = Peer::identity(id, &self.cluster);
+        if baggage.namespace.as_deref() != Some(id.namespace.as_str()) {
+            return peer;
+        }
+        if let Some(name) = &baggage.workload {
+            peer.workload = super::labels::Value::new(name);
+            peer.canonical_service =
+                super::labels::Value::new(baggage.service.as_deref().unwrap_or(name));
+            peer.canonical_revision =
+                super::labels::Value::new(baggage.version.as_deref().unwrap_or("latest"));
+        }
+        peer
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn workloads(&self) -> &HashSet<(String, String)> {
+        &self.workloads
+    }
+}
+
+/// Workload metadata carried from the source agent to the destination agent in the tunnel
+/// request's `baggage` header (W3C baggage syntax, the keys ztunnel uses).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Baggage {
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+    pub service: Option<String>,
+    pub version: Option<String>,
+}
+
+impl Baggage {
+    pub fn of(peer: &Peer) -> Option<String> {
+        if !peer.workload.is_known() {
+            return None;
+        }
+        Some(format!(
+            "k8s.namespace.name={},k8s.workload.name={},service.name={},service.version={}",
+            peer.namespace, peer.workload, peer.canonical_service, peer.canonical_revision
+        ))
+    }
+
+    pub fn parse(header: &str) -> Baggage {
+        let mut b = Baggage::default();
+        for member in header.split(',') {
+            let Some((key, value)) = member.split_once('=') else {
+                continue;
+            };
+            // Properties (";k=v") are not used here.
+            let value = value.split(';').next().unwrap_or("").trim();
+            if value.is_empty() || value.len() > 253 {
+                continue;
+            }
+            let slot = match key.trim() {
+                "k8s.namespace.name" => &mut b.namespace,
+                "k8s.workload.name" | "k8s.deployment.name" => &mut b.workload,
+                "service.name" => &mut b.service,
+                "service.version" => &mut b.version,
+                _ => continue,
+            };
+            *slot = Some(value.to_owned());
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::labels::Value;
+
+    #[test]
+    fn baggage_round_trips_and_is_bounded_by_the_certificate_namespace() {
+        let peer = Peer {
+            workload: Value::new("client"),
+            namespace: Value::new("shop"),
+            canonical_service: Value::new("client-app"),
+            canonical_revision: Value::new("v3"),
+            ..Peer::default()
+        };
+        let header = Baggage::of(&peer).unwrap();
+        let parsed = Baggage::parse(&header);
+        assert_eq!(parsed.workload.as_deref(), Some("client"));
+        assert_eq!(parsed.version.as_deref(), Some("v3"));
+        let index = PeerIndex::default();
+        let id = |ns: &str| SpiffeId {
+            trust_domain: "cluster.local".into(),
+            namespace: ns.into(),
+            service_account: "sa".into(),
+        };
+        let trusted = index.from_baggage(&id("shop"), &parsed);
+        assert_eq!(trusted.workload.as_str(), "client");
+        assert_eq!(trusted.canonical_service.as_str(), "client-app");
+        assert_eq!(
+            trusted.principal.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/sa"
+        );
+        // A certificate of another namespace cannot claim a workload of "shop".
+        let spoofed = index.from_baggage(&id("other"), &parsed);
+        assert_eq!(spoofed.workload.as_str(), "unknown");
+        assert_eq!(spoofed.namespace.as_str(), "other");
+        assert!(Baggage::of(&Peer::default()).is_none());
+        assert_eq!(
+            Baggage::parse("garbage,,=;k8s.workload.name="),
+            Baggage::default()
+        );
+    }
+}

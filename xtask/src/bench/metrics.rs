@@ -102,7 +102,15 @@ struct CpuRun {
 pub fn run(json: bool) -> Result<()> {
     let bins = super::release_binaries()?;
     eprintln!("metrics bench: encoding {ENCODE_SERIES} series");
-    let encodes = encode_all(&bins.agent)?;
+    // Without the agent's encode subcommand the CPU comparison still runs; the error is
+    // reported with the results and makes the bench fail at the end.
+    let (encodes, encode_error) = match encode_all(&bins.agent) {
+        Ok(e) => (e, None),
+        Err(e) => {
+            eprintln!("metrics bench: encode: {e:#}");
+            (Vec::new(), Some(format!("{e:#}")))
+        }
+    };
     let (off, on) = cpu_runs(bins)?;
     let off_us = median(&off.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>());
     let on_us = median(&on.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>());
@@ -119,6 +127,7 @@ pub fn run(json: bool) -> Result<()> {
         };
         let out = json!({
             "suite": "metrics",
+            "encode_error": encode_error,
             "encode": encodes.iter().map(|e| json!({
                 "format": e.format, "series": e.series, "bytes": e.bytes, "rounds": e.rounds,
                 "mean_ms": e.mean_ms, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "max_ms": e.max_ms,
@@ -139,8 +148,17 @@ pub fn run(json: bool) -> Result<()> {
         println!("{out}");
     } else {
         print!("{}", table(&encodes, &off, &on, off_us, on_us, change, met));
+        if let Some(e) = &encode_error {
+            println!(
+                "encode: unavailable ({})",
+                e.lines().next().unwrap_or_default()
+            );
+        }
     }
-    Ok(())
+    match encode_error {
+        Some(e) => bail!("encode measurement missing: {e}"),
+        None => Ok(()),
+    }
 }
 
 /// Runs the agent's encode benchmark once per format it offers.

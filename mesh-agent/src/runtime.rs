@@ -93,6 +93,14 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
+    /// Installs a new model (a config change) and drops the istio_* series of workloads that
+    /// are no longer in it; returns how many label sets were dropped.
+    pub fn replace_state(&self, state: State) -> usize {
+        let live = state.peers.workloads().clone();
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.istio.retain_workloads(&live)
+    }
+
     pub fn workload_name(&self, cgroup_id: u64) -> Option<String> {
         if cgroup_id == 0 {
             return None;

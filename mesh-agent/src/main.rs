@@ -165,8 +165,10 @@ fn follow_flows(admin: std::net::SocketAddr, json: bool) -> Result<()> {
             Ok(())
         }));
     match streamed {
-        Ok(()) => anyhow::bail!("the agent closed the flow stream (it stopped or restarted)"),
-        Err(e) => Err(e.context("lost the connection to the agent's flow stream")),
+        Ok(()) => anyhow::bail!("the agent ended the flow stream (it stopped or restarted)"),
+        Err(e) => {
+            Err(e.context("the agent went away (stopped or restarted) during the flow stream"))
+        }
     }
 }
 

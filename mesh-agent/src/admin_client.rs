@@ -60,21 +60,26 @@ pub async fn post(admin: SocketAddr, path: &str) -> Result<Vec<u8>> {
     request(admin, Method::POST, path).await
 }
 
-/// GET a streaming `path` (newline-delimited) and call `on_line` with each complete line as
-/// it arrives, without the newline. Returns when the server ends the stream (Ok) or the
-/// connection breaks (Err); either way the caller learns that the agent went away.
-pub async fn stream_lines(
-    admin: SocketAddr,
-    path: &str,
-    mut on_line: impl FnMut(&str) -> Result<()>,
-) -> Result<()> {
+/// GET a streaming `path` (newline-delimited); fails when the agent cannot be reached or
+/// refuses. Read it with [`read_lines`].
+pub async fn open_stream(admin: SocketAddr, path: &str) -> Result<Incoming> {
     let resp = send(admin, Method::GET, path).await?;
     let status = resp.status();
-    let mut body = resp.into_body();
+    let body = resp.into_body();
     if !status.is_success() {
         let bytes = body.collect().await?.to_bytes();
         return Err(failure(status, &bytes));
     }
+    Ok(body)
+}
+
+/// Calls `on_line` with each complete line of `body` as it arrives, without the newline.
+/// Returns when the server ends the stream (Ok) or the connection breaks (Err); either way
+/// the caller learns that the agent went away.
+pub async fn read_lines(
+    mut body: Incoming,
+    mut on_line: impl FnMut(&str) -> Result<()>,
+) -> Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.context("the admin stream broke")?;

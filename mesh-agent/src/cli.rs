@@ -79,9 +79,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the running agent's log filter, or replace it with FILTER (EnvFilter syntax,
-    /// e.g. "debug" or "info,mesh_agent::proxy=trace,access=off"). An invalid filter is
-    /// refused and the old one stays. The change lasts until the agent restarts.
+    /// Print the running agent's log filter, or replace it.
+    ///
+    /// FILTER uses EnvFilter syntax, e.g. "debug" or "info,mesh_agent::proxy=trace,access=off".
+    /// An invalid filter is refused and the old one stays. The change lasts until the agent
+    /// restarts (then --log / MESH_LOG apply again).
     LogLevel {
         /// The new filter; without it, the current one is printed.
         filter: Option<String>,

@@ -136,36 +136,46 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
 /// the JSON lines the agent sends. The stream only ends when the agent goes away.
 fn follow_flows(admin: std::net::SocketAddr, json: bool) -> Result<()> {
     use std::io::Write as _;
+    let rt = tokio_runtime()?;
+    let body = rt.block_on(admin_client::open_stream(admin, "/flows/stream"))?;
     let mut out = std::io::stdout().lock();
     if !json {
         write!(out, "{}", flows::render_event_header())?;
         out.flush()?;
     }
-    let streamed =
-        tokio_runtime()?.block_on(admin_client::stream_lines(admin, "/flows/stream", |line| {
-            if json {
-                writeln!(out, "{line}")?;
-            } else {
-                match serde_json::from_str::<flows::FlowEvent>(line) {
-                    Ok(event) => write!(out, "{}", flows::render_event(&event))?,
-                    Err(_) => {
-                        let v: serde_json::Value = serde_json::from_str(line)
-                            .with_context(|| format!("unexpected /flows/stream line: {line}"))?;
-                        if v["event"] == "lost" {
-                            eprintln!(
-                                "mesh-agent: {} events lost (this terminal fell behind)",
-                                v["count"]
-                            );
-                        }
+    let streamed = rt.block_on(admin_client::read_lines(body, |line| {
+        if json {
+            writeln!(out, "{line}")?;
+        } else {
+            match serde_json::from_str::<flows::FlowEvent>(line) {
+                Ok(event) => write!(out, "{}", flows::render_event(&event))?,
+                Err(_) => {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("unexpected /flows/stream line: {line}"))?;
+                    if v["event"] == "lost" {
+                        eprintln!(
+                            "mesh-agent: {} events lost (this reader fell behind)",
+                            v["count"]
+                        );
                     }
                 }
             }
-            // Line by line, also into a pipe or file.
-            out.flush()?;
-            Ok(())
-        }));
+        }
+        // Line by line, also into a pipe or a file.
+        out.flush()?;
+        Ok(())
+    }));
     match streamed {
         Ok(()) => anyhow::bail!("the agent ended the flow stream (it stopped or restarted)"),
+        // The reader went away (`mesh-agent flows -f | head`): not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
         Err(e) => {
             Err(e.context("the agent went away (stopped or restarted) during the flow stream"))
         }

@@ -283,6 +283,7 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
     if let Some(ring) = events {
         ebpf::spawn_event_reader(ring, shared.clone())?;
     }
+    crate::flows::spawn_open_poller(shared.clone());
     for (listener, info) in listeners {
         proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
     }

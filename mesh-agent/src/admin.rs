@@ -164,7 +164,17 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
             let state = shared.state();
             json_response(
                 StatusCode::OK,
-                json!({"config": state.config, "workloads": state.workloads}),
+                json!({
+                    "status": {
+                        "ready": shared.ready.load(Ordering::Relaxed),
+                        "config_source": shared.config_source,
+                        "config_reloads": shared.config_reloads.success.load(Ordering::Relaxed),
+                        "config_reload_failures": shared.config_reloads.failure.load(Ordering::Relaxed),
+                        "last_reload_error": *shared.config_reloads.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                    },
+                    "config": state.config,
+                    "workloads": state.workloads,
+                }),
             )
         }
         "/healthz/ready" => {

@@ -68,9 +68,9 @@ pub enum Command {
     /// Summarise the running agent: node, version, readiness, programs, workloads,
     /// certificates, counters, and anything that looks wrong.
     ///
-    /// Exit status: 0 when the agent is ready and reports no problems; 1 when it is not ready,
-    /// reports at least one problem (informational ones, such as policy denials, included),
-    /// or cannot be reached.
+    /// Exit status: 0 when the agent is ready and reports no problems other than informational
+    /// ones (such as policy denials); 1 when it is not ready, reports a problem, or cannot be
+    /// reached.
     Status {
         /// Admin address of the agent.
         #[arg(long, default_value = "127.0.0.1:15000")]
@@ -111,6 +111,26 @@ pub enum Command {
         /// The node's pin directory (<bpffs>/<node name>).
         #[arg(long)]
         pin_dir: PathBuf,
+    },
+    /// Developer tools (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Time the encoding of the istio_* exposition holding SERIES series; prints JSON.
+    MetricsEncode {
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// openmetrics or prometheus (text 0.0.4).
+        #[arg(long, default_value = "openmetrics")]
+        format: String,
     },
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mesh_agent::{
     admin_client, cli,
-    cli::{Cli, Command, ConfigCommand},
+    cli::{Cli, Command, ConfigCommand, DebugCommand},
     config, ebpf, flows, logging, runtime, status,
 };
 
@@ -67,17 +67,18 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let config = match config {
-                Some(path) => config::load_file(&path)?,
-                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => {
-                    config::load_file(Path::new(cli::DEFAULT_CONFIG_PATH))?
-                }
+            let (config, source) = match config {
+                Some(path) => (config::load_file(&path)?, path.display().to_string()),
+                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => (
+                    config::load_file(Path::new(cli::DEFAULT_CONFIG_PATH))?,
+                    cli::DEFAULT_CONFIG_PATH.to_owned(),
+                ),
                 None => {
                     tracing::info!("no config file; running with the embedded default");
-                    config::embedded_default()
+                    (config::embedded_default(), "embedded default".to_owned())
                 }
             };
-            tokio_runtime()?.block_on(runtime::run(config, log))?;
+            tokio_runtime()?.block_on(runtime::run(config, source, log))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows {
@@ -125,6 +126,23 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Debug {
+            command:
+                DebugCommand::MetricsEncode {
+                    series,
+                    rounds,
+                    format,
+                },
+        } => {
+            let openmetrics = match format.as_str() {
+                "openmetrics" => true,
+                "prometheus" => false,
+                other => anyhow::bail!("unknown format {other:?}: use openmetrics or prometheus"),
+            };
+            let run = mesh_agent::metrics::bench::encode_run(series, rounds, openmetrics);
+            println!("{}", serde_json::to_string(&run)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup { pin_dir } => {
             ebpf::remove_pins(&pin_dir)?;
             Ok(ExitCode::SUCCESS)

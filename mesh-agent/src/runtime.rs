@@ -75,6 +75,8 @@ pub struct Shared {
     pub program_stats: ebpf::ProgramStats,
     pub config_reloads: crate::metrics::health::ConfigReloads,
     pub started: std::time::Instant,
+    /// Where the running config came from (a file path, or "embedded default").
+    pub config_source: String,
     inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
@@ -211,7 +213,11 @@ fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
     Ok(manager)
 }
 
-pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> {
+pub async fn run(
+    config: Config,
+    config_source: String,
+    log: crate::logging::LogControl,
+) -> Result<()> {
     // Root first: without it the CA directory or key may be unreadable, and that message
     // would hide the real problem.
     ebpf::require_root()?;
@@ -275,6 +281,7 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
         program_stats,
         config_reloads: Default::default(),
         started: std::time::Instant::now(),
+        config_source,
         inbound_sessions: Default::default(),
     });
     shared.tunnels.prepare(&shared.state().local_identities())?;

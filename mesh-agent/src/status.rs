@@ -156,8 +156,14 @@ pub fn collect(shared: &Shared) -> Value {
 }
 
 /// True when `mesh-agent status` should exit 0: ready and no problems.
+/// Ready and no problem other than informational ones (policy doing its job must not make a
+/// probe built on `mesh-agent status` fail).
 pub fn healthy(status: &Value) -> bool {
-    status["ready"] == true && status["problems"].as_array().is_some_and(|p| p.is_empty())
+    status["ready"] == true
+        && status["problems"].as_array().is_some_and(|p| {
+            p.iter()
+                .all(|x| x.as_str().is_some_and(|s| s.ends_with("(informational)")))
+        })
 }
 
 /// `mesh-agent status` for people.
@@ -390,6 +396,8 @@ mod tests {
         );
         assert!(text.contains("problems:     none"), "{text}");
 
+        let info = sample_status(&["3 connects were denied (informational)"]);
+        assert!(healthy(&info));
         let bad = sample_status(&["something is off"]);
         assert!(!healthy(&bad));
         assert!(render(&bad).contains("  - something is off"));

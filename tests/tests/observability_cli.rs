@@ -439,4 +439,36 @@ fn json_log_format_makes_every_line_an_object() {
     assert_eq!(ready["node"], "node1", "{ready}");
     assert_eq!(ready["level"], "INFO");
     assert!(levels.contains("DEBUG"), "{levels:?}\n{stderr}");
+
+    // The access log: the 1000-byte echo through the in-process path is one closed connection
+    // at each end, both with exact bytes, the workloads and the identity.
+    let access: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["target"] == "access" && v["message"] == "connection complete")
+        .collect();
+    let end = |reporter: &str| {
+        access
+            .iter()
+            .find(|v| v["reporter"] == reporter && v["dst.workload"] == "echo-local")
+            .unwrap_or_else(|| panic!("no {reporter} access line for echo-local in {access:#?}"))
+    };
+    for reporter in ["source", "destination"] {
+        let line = end(reporter);
+        assert_eq!(line["src.workload"], "client", "{line}");
+        assert_eq!(line["src.namespace"], "default", "{line}");
+        assert_eq!(
+            line["src.identity"], "spiffe://cluster.local/ns/default/sa/default",
+            "{line}"
+        );
+        assert_eq!(
+            line["dst.service"], "echo-local.default.svc.cluster.local",
+            "{line}"
+        );
+        assert_eq!(line["request_bytes"], 1000, "{line}");
+        assert_eq!(line["response_bytes"], 1000, "{line}");
+        assert_eq!(line["security"], "mutual_tls", "{line}");
+    }
+    assert_eq!(end("source")["direction"], "outbound");
+    assert_eq!(end("destination")["direction"], "inbound");
 }

@@ -1,16 +1,50 @@
-//! Admin server on 127.0.0.1:15000: /flows, /stats, /config_dump, /certs, /tunnels, /backends,
-//! /healthz/ready.
+//! Admin server on 127.0.0.1:15000: /flows, /flows/stream, /stats, /status, /config_dump,
+//! /certs, /tunnels, /backends, /logging, /healthz/ready.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    sync::atomic::Ordering,
+    task::{Context as TaskContext, Poll},
+};
 
 use anyhow::{Context, Result};
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Body, Bytes, Frame},
+    server::conn::http1,
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast::error::RecvError, mpsc},
+};
 
 use crate::runtime::Shared;
+
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// Every path the admin server answers, listed on a 404.
+const PATHS: [&str; 10] = [
+    "/flows",
+    "/flows/stream",
+    "/stats",
+    "/status",
+    "/config_dump",
+    "/certs",
+    "/tunnels",
+    "/backends",
+    "/logging",
+    "/healthz/ready",
+];
+
+/// Lines buffered between the broadcast subscription and the client's socket.
+const STREAM_BUFFER: usize = 64;
 
 pub async fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
     let listener = TcpListener::bind(addr)
@@ -36,23 +70,37 @@ pub async fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<AdminBody> {
     let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    if req.method() != hyper::Method::GET {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": "only GET is supported"}),
-        );
+fn method_not_allowed(allowed: &str) -> Response<AdminBody> {
+    let mut resp = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": format!("only {allowed} is supported here")}),
+    );
+    if let Ok(value) = allowed.replace(" and ", ", ").parse() {
+        resp.headers_mut().insert(hyper::header::ALLOW, value);
     }
-    match req.uri().path() {
+    resp
+}
+
+fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response<AdminBody> {
+    let path = req.uri().path();
+    if path == "/logging" {
+        return logging(req.method(), req.uri().query(), shared);
+    }
+    if req.method() != Method::GET {
+        return method_not_allowed("GET");
+    }
+    match path {
+        "/flows/stream" => flow_stream(shared),
+        "/status" => json_response(StatusCode::OK, crate::status::collect(shared)),
         "/flows" => {
             let filter = req.uri().query().and_then(|q| {
                 q.split('&')
@@ -116,7 +164,17 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
             let state = shared.state();
             json_response(
                 StatusCode::OK,
-                json!({"config": state.config, "workloads": state.workloads}),
+                json!({
+                    "status": {
+                        "ready": shared.ready.load(Ordering::Relaxed),
+                        "config_source": shared.config_source,
+                        "config_reloads": shared.config_reloads.success.load(Ordering::Relaxed),
+                        "config_reload_failures": shared.config_reloads.failure.load(Ordering::Relaxed),
+                        "last_reload_error": *shared.config_reloads.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                    },
+                    "config": state.config,
+                    "workloads": state.workloads,
+                }),
             )
         }
         "/healthz/ready" => {
@@ -128,7 +186,98 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         }
         _ => json_response(
             StatusCode::NOT_FOUND,
-            json!({"error": "not found", "paths": ["/flows", "/stats", "/config_dump", "/certs", "/tunnels", "/backends", "/healthz/ready"]}),
+            json!({"error": "not found", "paths": PATHS}),
         ),
     }
+}
+
+/// `GET /logging`: the filter in force. `POST /logging?level=<filter>`: replace it (EnvFilter
+/// syntax, URL-encoded); 400 with the parse error leaves the old one in force.
+fn logging(method: &Method, query: Option<&str>, shared: &Shared) -> Response<AdminBody> {
+    match *method {
+        Method::GET => json_response(StatusCode::OK, json!({"filter": shared.log.current()})),
+        Method::POST => {
+            let level = query.and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "level")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let Some(level) = level else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({
+                        "error": "missing ?level=<filter>, e.g. POST /logging?level=info,mesh_agent=debug",
+                        "filter": shared.log.current(),
+                    }),
+                );
+            };
+            match shared.log.set(&level) {
+                Ok(()) => {
+                    let filter = shared.log.current();
+                    tracing::info!(filter = %filter, "log filter changed");
+                    json_response(StatusCode::OK, json!({"filter": filter}))
+                }
+                Err(e) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("{e:#}"), "filter": shared.log.current()}),
+                ),
+            }
+        }
+        _ => method_not_allowed("GET and POST"),
+    }
+}
+
+/// A response body fed by a channel: each message is one chunk; the body ends when the sender
+/// goes away. Dropping it (the client disconnected) closes the channel, which stops the sender.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// `GET /flows/stream`: newline-delimited JSON, one FlowEvent per line, for as long as the
+/// client stays. A client that falls more than the broadcast capacity behind gets
+/// `{"event":"lost","count":N}` in place of the events it missed.
+fn flow_stream(shared: &Arc<Shared>) -> Response<AdminBody> {
+    let mut events = shared.flow_events.subscribe();
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    tokio::spawn(async move {
+        loop {
+            let line = tokio::select! {
+                // The client went away: hyper dropped the body.
+                _ = tx.closed() => return,
+                event = events.recv() => match event {
+                    Ok(event) => serde_json::to_vec(&event).unwrap_or_default(),
+                    Err(RecvError::Lagged(count)) => {
+                        serde_json::to_vec(&json!({"event": "lost", "count": count}))
+                            .unwrap_or_default()
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            let mut line = line;
+            line.push(b'\n');
+            if tx.send(Bytes::from(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .header("cache-control", "no-cache")
+        .body(ChannelBody { rx }.boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }

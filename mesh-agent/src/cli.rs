@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::logging::LogFormat;
+
 /// Default config file on a bare host; when it does not exist the embedded default is used.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mesh-agent/config.yaml";
 
@@ -14,9 +16,21 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/mesh-agent/config.yaml";
     about = "Sidecarless service mesh node agent"
 )]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "mesh_agent=debug".
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "mesh_agent=debug";
+    /// "info,access=off" drops the access log. A running agent's filter can be changed with
+    /// `mesh-agent log-level`.
     #[arg(long, global = true, default_value = "info", env = "MESH_LOG")]
     pub log: String,
+    /// Log line format on stderr: "text" for people, "json" for log collectors (one object
+    /// per line with timestamp, level, target, message and the event's fields).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MESH_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,16 +44,52 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Print the connections of this node (live and recently closed) with their counters.
+    ///
+    /// With --follow, print connection events as they happen instead: "open" when the agent
+    /// first sees a live connection (it looks every 500 ms, so connections shorter than that
+    /// may only show "close") and "close" with the final counters. Runs until interrupted;
+    /// exits with an error when the agent goes away.
     Flows {
         /// Admin address of the agent.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (with --follow: one JSON object per line, as the
+        /// agent sends them, including {"event":"lost","count":N} when events were dropped
+        /// because the reader fell behind).
         #[arg(long)]
         json: bool,
         /// Only "open" or "closed" connections.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         state: Option<String>,
+        /// Stream connection events (open/close) as they happen.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Summarise the running agent: node, version, readiness, programs, workloads,
+    /// certificates, counters, and anything that looks wrong.
+    ///
+    /// Exit status: 0 when the agent is ready and reports no problems other than informational
+    /// ones (such as policy denials); 1 when it is not ready, reports a problem, or cannot be
+    /// reached.
+    Status {
+        /// Admin address of the agent.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        /// Print the agent's /status JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the running agent's log filter, or replace it.
+    ///
+    /// FILTER uses EnvFilter syntax, e.g. "debug" or "info,mesh_agent::proxy=trace,access=off".
+    /// An invalid filter is refused and the old one stays. The change lasts until the agent
+    /// restarts (then --log / MESH_LOG apply again).
+    LogLevel {
+        /// The new filter; without it, the current one is printed.
+        filter: Option<String>,
+        /// Admin address of the agent.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
     },
     /// Print the workload identities this node's agent holds: SPIFFE ID, serial, expiry and
     /// next rotation, and the trust bundle.
@@ -61,6 +111,26 @@ pub enum Command {
         /// The node's pin directory (<bpffs>/<node name>).
         #[arg(long)]
         pin_dir: PathBuf,
+    },
+    /// Developer tools (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Time the encoding of the istio_* exposition holding SERIES series; prints JSON.
+    MetricsEncode {
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// openmetrics or prometheus (text 0.0.4).
+        #[arg(long, default_value = "openmetrics")]
+        format: String,
     },
 }
 

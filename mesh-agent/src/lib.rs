@@ -20,3 +20,4 @@ pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod state;
+pub mod status;

@@ -6,21 +6,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mesh_agent::{
     admin_client, cli,
-    cli::{Cli, Command, ConfigCommand},
-    config, ebpf, flows, runtime,
+    cli::{Cli, Command, ConfigCommand, DebugCommand},
+    config, ebpf, flows, logging, runtime, status,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let log = mesh_agent::logging::LogControl::placeholder();
+    let log = logging::init(&cli.log, cli.log_format);
     match dispatch(cli.command, log) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("mesh-agent: error: {e:#}");
             ExitCode::FAILURE
@@ -28,22 +22,68 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command, log: mesh_agent::logging::LogControl) -> Result<()> {
+fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
     match command {
+        Command::Status { admin, json } => {
+            let body = tokio_runtime()?.block_on(admin_client::get(admin, "/status"))?;
+            let status: serde_json::Value =
+                serde_json::from_slice(&body).context("unexpected /status answer")?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body).trim_end());
+            } else {
+                print!("{}", status::render(&status));
+            }
+            Ok(if status::healthy(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::LogLevel { filter, admin } => {
+            let path = match &filter {
+                Some(f) => format!(
+                    "/logging?level={}",
+                    form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>()
+                ),
+                None => "/logging".to_string(),
+            };
+            let rt = tokio_runtime()?;
+            let body = match filter {
+                Some(_) => rt.block_on(admin_client::post(admin, &path))?,
+                None => rt.block_on(admin_client::get(admin, &path))?,
+            };
+            let answer: serde_json::Value =
+                serde_json::from_slice(&body).context("unexpected /logging answer")?;
+            println!("{}", answer["filter"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flows {
+            admin,
+            json,
+            follow: true,
+            ..
+        } => {
+            follow_flows(admin, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
-            let config = match config {
-                Some(path) => config::load_file(&path)?,
-                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => {
-                    config::load_file(Path::new(cli::DEFAULT_CONFIG_PATH))?
-                }
+            let (config, source) = match config {
+                Some(path) => (config::load_file(&path)?, path.display().to_string()),
+                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => (
+                    config::load_file(Path::new(cli::DEFAULT_CONFIG_PATH))?,
+                    cli::DEFAULT_CONFIG_PATH.to_owned(),
+                ),
                 None => {
                     tracing::info!("no config file; running with the embedded default");
-                    config::embedded_default()
+                    (config::embedded_default(), "embedded default".to_owned())
                 }
             };
-            tokio_runtime()?.block_on(runtime::run(config, log))
+            tokio_runtime()?.block_on(runtime::run(config, source, log))?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Flows { admin, json, state } => {
+        Command::Flows {
+            admin, json, state, ..
+        } => {
             let path = match &state {
                 Some(s) => format!("/flows?state={s}"),
                 None => "/flows".to_string(),
@@ -56,7 +96,7 @@ fn dispatch(command: Command, log: mesh_agent::logging::LogControl) -> Result<()
                     serde_json::from_slice(&body).context("unexpected /flows answer")?;
                 print!("{}", flows::render_table(&records));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Certs { admin, json } => {
             let body = tokio_runtime()?.block_on(admin_client::get(admin, "/certs"))?;
@@ -67,7 +107,7 @@ fn dispatch(command: Command, log: mesh_agent::logging::LogControl) -> Result<()
                     serde_json::from_slice(&body).context("unexpected /certs answer")?;
                 print!("{}", certs_table(&certs));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config { command } => match command {
             ConfigCommand::Check { file } => {
@@ -79,14 +119,84 @@ fn dispatch(command: Command, log: mesh_agent::logging::LogControl) -> Result<()
                     config.workloads.len(),
                     config.services.len()
                 );
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             ConfigCommand::Default => {
                 print!("{}", include_str!("default-config.yaml"));
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
         },
-        Command::Cleanup { pin_dir } => ebpf::remove_pins(&pin_dir),
+        Command::Debug {
+            command:
+                DebugCommand::MetricsEncode {
+                    series,
+                    rounds,
+                    format,
+                },
+        } => {
+            let openmetrics = match format.as_str() {
+                "openmetrics" => true,
+                "prometheus" => false,
+                other => anyhow::bail!("unknown format {other:?}: use openmetrics or prometheus"),
+            };
+            let run = mesh_agent::metrics::bench::encode_run(series, rounds, openmetrics);
+            println!("{}", serde_json::to_string(&run)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup { pin_dir } => {
+            ebpf::remove_pins(&pin_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `mesh-agent flows --follow`: events from /flows/stream as table lines (header once) or as
+/// the JSON lines the agent sends. The stream only ends when the agent goes away.
+fn follow_flows(admin: std::net::SocketAddr, json: bool) -> Result<()> {
+    use std::io::Write as _;
+    let rt = tokio_runtime()?;
+    let body = rt.block_on(admin_client::open_stream(admin, "/flows/stream"))?;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        write!(out, "{}", flows::render_event_header())?;
+        out.flush()?;
+    }
+    let streamed = rt.block_on(admin_client::read_lines(body, |line| {
+        if json {
+            writeln!(out, "{line}")?;
+        } else {
+            match serde_json::from_str::<flows::FlowEvent>(line) {
+                Ok(event) => write!(out, "{}", flows::render_event(&event))?,
+                Err(_) => {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("unexpected /flows/stream line: {line}"))?;
+                    if v["event"] == "lost" {
+                        eprintln!(
+                            "mesh-agent: {} events lost (this reader fell behind)",
+                            v["count"]
+                        );
+                    }
+                }
+            }
+        }
+        // Line by line, also into a pipe or a file.
+        out.flush()?;
+        Ok(())
+    }));
+    match streamed {
+        Ok(()) => anyhow::bail!("the agent ended the flow stream (it stopped or restarted)"),
+        // The reader went away (`mesh-agent flows -f | head`): not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => {
+            Err(e.context("the agent went away (stopped or restarted) during the flow stream"))
+        }
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Shared {
     pub program_stats: ebpf::ProgramStats,
     pub config_reloads: crate::metrics::health::ConfigReloads,
     pub started: std::time::Instant,
+    /// Where the running config came from (a file path, or "embedded default").
+    pub config_source: String,
     inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
@@ -91,6 +93,14 @@ impl Shared {
             .read()
             .map(|s| s.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Installs a new model (a config change) and drops the istio_* series of workloads that
+    /// are no longer in it; returns how many label sets were dropped.
+    pub fn replace_state(&self, state: State) -> usize {
+        let live = state.peers.workloads().clone();
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.istio.retain_workloads(&live)
     }
 
     pub fn workload_name(&self, cgroup_id: u64) -> Option<String> {
@@ -203,7 +213,11 @@ fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
     Ok(manager)
 }
 
-pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> {
+pub async fn run(
+    config: Config,
+    config_source: String,
+    log: crate::logging::LogControl,
+) -> Result<()> {
     // Root first: without it the CA directory or key may be unreadable, and that message
     // would hide the real problem.
     ebpf::require_root()?;
@@ -267,6 +281,7 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
         program_stats,
         config_reloads: Default::default(),
         started: std::time::Instant::now(),
+        config_source,
         inbound_sessions: Default::default(),
     });
     shared.tunnels.prepare(&shared.state().local_identities())?;
@@ -275,6 +290,7 @@ pub async fn run(config: Config, log: crate::logging::LogControl) -> Result<()> 
     if let Some(ring) = events {
         ebpf::spawn_event_reader(ring, shared.clone())?;
     }
+    crate::flows::spawn_open_poller(shared.clone());
     for (listener, info) in listeners {
         proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
     }

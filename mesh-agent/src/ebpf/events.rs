@@ -39,6 +39,9 @@ pub fn spawn_event_reader(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result
 
 fn record(closed: &ClosedFlows, shared: &Shared, event: &ConnEvent) {
     let workload = shared.workload_name(event.stats.cgroup_id);
+    shared
+        .flow_events
+        .publish_closed(event, workload.as_deref());
     closed.push(event, workload);
     crate::metrics::connection_closed(shared, event);
 }

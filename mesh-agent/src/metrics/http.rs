@@ -37,6 +37,12 @@ use crate::{
 /// What is known about one request while it is routed.
 pub struct RequestMeter {
     started: Instant,
+    /// Source for the L7 path of the client's node; destination for a request observed where
+    /// it is delivered to the workload.
+    pub reporter: Reporter,
+    /// Known up front where the request is delivered: the local workload and its service.
+    pub destination: Option<Peer>,
+    pub destination_service: Option<ServiceRef>,
     pub request_bytes: Arc<AtomicU64>,
     grpc: bool,
     client: SocketAddr,
@@ -86,6 +92,9 @@ impl RequestMeter {
             .unwrap_or_default();
         RequestMeter {
             started: Instant::now(),
+            reporter: Reporter::Source,
+            destination: None,
+            destination_service: None,
             request_bytes: Arc::default(),
             grpc,
             client,
@@ -185,15 +194,18 @@ impl Pending {
         let m = &self.meter;
         let state = shared.state();
         let service_key = m.backend.as_ref().or(m.service.as_ref());
-        let service: Option<ServiceRef> =
-            service_key.map(|k| state.peers.service(&k.name, &k.namespace));
+        let service: Option<ServiceRef> = m
+            .destination_service
+            .clone()
+            .or_else(|| service_key.map(|k| state.peers.service(&k.name, &k.namespace)));
         let destination = m
-            .endpoint
-            .and_then(|e| state.peers.by_ip(e.ip()).cloned())
+            .destination
+            .clone()
+            .or_else(|| m.endpoint.and_then(|e| state.peers.by_ip(e.ip()).cloned()))
             .unwrap_or_default();
         drop(state);
         let mut traffic = TrafficLabels::new(
-            Reporter::Source,
+            m.reporter,
             &self.source,
             service.as_ref(),
             &destination,

@@ -2,6 +2,7 @@
 //! from the L7 path), the agent's own health metrics, readiness, and the records the access
 //! log prints.
 
+pub mod bench;
 pub mod health;
 pub mod http;
 pub mod labels;

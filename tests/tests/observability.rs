@@ -42,8 +42,9 @@ use mesh_tests::sim::{Proc, Sim};
 // node1: pods "client" (sa client-sa, app=shop-client, version=v7) and "denied" (egress policy);
 // node2: pods "tcp-server" (sink-server, sa sink-sa, app=sink), "web" (http-backend, sa
 //        web-sa), "client2" (sa client2-sa), "guarded" (sink-server behind an ingress rule)
-//        and "secret" (sink-server behind an authorization policy that lets nobody in).
-// Services: sink (TCP), web (HTTP with one route), guarded (TCP), secret (TCP).
+//        "secret" (sink-server behind an authorization policy that lets nobody in) and "grpc"
+//        (tests/grpc/grpc_backend.py).
+// Services: sink (TCP), web (HTTP with one route), guarded (TCP), secret (TCP), greeter (gRPC).
 // ---------------------------------------------------------------------------------------------
 
 const NS: &str = "default";

@@ -129,9 +129,16 @@ pub fn run(json: bool) -> Result<()> {
             "suite": "metrics",
             "encode_error": encode_error,
             "encode": encodes.iter().map(|e| json!({
-                "format": e.format, "series": e.series, "bytes": e.bytes, "rounds": e.rounds,
-                "mean_ms": e.mean_ms, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "max_ms": e.max_ms,
+                "format": e.format,
+                "series": e.series as u64,
+                "bytes": e.bytes as u64,
+                "rounds": e.rounds as u64,
+                "mean_ms": round3(e.mean_ms),
+                "p50_ms": round3(e.p50_ms),
+                "p99_ms": round3(e.p99_ms),
+                "max_ms": round3(e.max_ms),
             })).collect::<Vec<_>>(),
+            "load_average": loadavg(),
             "cpu": {
                 "rate_rps": CLIENTS * RATE_PER_CLIENT,
                 "duration_s": DURATION,
@@ -148,6 +155,7 @@ pub fn run(json: bool) -> Result<()> {
         println!("{out}");
     } else {
         print!("{}", table(&encodes, &off, &on, off_us, on_us, change, met));
+        println!("load average after: {}", loadavg());
         if let Some(e) = &encode_error {
             println!(
                 "encode: unavailable ({})",
@@ -159,6 +167,13 @@ pub fn run(json: bool) -> Result<()> {
         Some(e) => bail!("encode measurement missing: {e}"),
         None => Ok(()),
     }
+}
+
+/// The 1, 5 and 15 minute load averages: a busy machine makes the CPU comparison noisy.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// Runs the agent's encode benchmark once per format it offers.

@@ -120,7 +120,8 @@ fn show(samples: &[Sample]) -> String {
 /// node1's client to `web` (declared `http`, its endpoint on node2). node2 reports exactly 20
 /// requests as the destination with the right workloads, and exact body sizes; node1 still
 /// reports them as the source, and neither reports the other side. An HTTP/1.1 upgrade
-/// through the destination's HTTP server still works.
+/// through the destination's HTTP server still works, and a workload that drops the
+/// connection is a 502 UC on both sides.
 #[test]
 fn cross_node_http_is_reported_by_the_destination() {
     let mut mesh = mesh("dm-http");
@@ -249,6 +250,35 @@ fn cross_node_http_is_reported_by_the_destination() {
     let switched = [("reporter", "destination"), ("response_code", "101")];
     let node2 = wait_requests(&mesh, "node2", &switched, 1.0);
     assert_eq!(sum(&node2, "istio_requests_total", &switched), 1.0);
+
+    // The workload drops the connection without answering: the client gets the source
+    // agent's 502 UC (as without the destination's HTTP server) and the destination reports
+    // the request as 502 UC; the next request is fine.
+    let r = curl(&mesh, "client", &[&format!("http://{WEB_VIP}/reset")]);
+    assert_eq!((r.status, r.flags()), (502, "UC"), "{}", r.raw);
+    let r = curl(&mesh, "client", &[&format!("http://{WEB_VIP}/after")]);
+    assert_eq!((r.status, r.backend()), (200, "web"), "{}", r.raw);
+    let broken = [
+        ("reporter", "destination"),
+        ("destination_workload", "web"),
+        ("response_code", "502"),
+        ("response_flags", "UC"),
+    ];
+    let node2 = wait_requests(&mesh, "node2", &broken, 1.0);
+    assert_eq!(
+        sum(&node2, "istio_requests_total", &broken),
+        1.0,
+        "{}",
+        show(&node2)
+    );
+    let broken_source = [
+        ("reporter", "source"),
+        ("response_code", "502"),
+        ("response_flags", "UC"),
+    ];
+    let node1 = wait_requests(&mesh, "node1", &broken_source, 1.0);
+    assert_eq!(sum(&node1, "istio_requests_total", &broken_source), 1.0);
+    assert_eq!(web.answered("reset"), 1);
     assert_no_panics(&mesh);
 }
 

@@ -10,7 +10,6 @@
 //! requests to them are reported by the source agent only.
 
 use std::{
-    convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
@@ -118,12 +117,26 @@ where
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let service = service_fn(move |request| {
         let local = local.clone();
-        async move { Ok::<_, Infallible>(local.handle(request).await) }
+        async move { local.handle(request).await }
     });
     if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%target, error = %e, "destination HTTP connection ended with an error");
     }
 }
+
+/// The workload's connection broke before its answer: the tunnel stream's HTTP connection
+/// (HTTP/1.1) or stream (HTTP/2) is reset, so the client's agent sees what it would have seen
+/// without the destination's HTTP server.
+#[derive(Debug)]
+struct Broken;
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the workload's connection broke before its answer")
+    }
+}
+
+impl std::error::Error for Broken {}
 
 /// The connections to the workload of one tunnel stream.
 struct Local {
@@ -137,7 +150,7 @@ struct Local {
 }
 
 impl Local {
-    async fn handle(&self, request: Request<Incoming>) -> Response<RespBody> {
+    async fn handle(&self, request: Request<Incoming>) -> Result<Response<RespBody>, Broken> {
         let d = &self.delivery;
         let grpc = is_grpc(request.headers());
         let (mut parts, body) = request.into_parts();
@@ -175,10 +188,18 @@ impl Local {
             let h2 = parts.version == Version::HTTP_2;
             match self.send(request, h2).await {
                 Ok(response) => self.answer(response, client_upgrade),
+                Err(ResponseFlag::UpstreamConnectionTermination) => {
+                    // The workload broke the connection without a (complete) answer: the
+                    // client's side sees the same (its stream is reset) and answers by itself,
+                    // as it would without this hop; reported here as the 502 UC it is.
+                    let reply = local_reply(ResponseFlag::UpstreamConnectionTermination, grpc);
+                    drop(meter.finish(d.shared.clone(), d.source.clone(), reply));
+                    return Err(Broken);
+                }
                 Err(flag) => local_reply(flag, grpc),
             }
         };
-        meter.finish(d.shared.clone(), d.source.clone(), response)
+        Ok(meter.finish(d.shared.clone(), d.source.clone(), response))
     }
 
     /// The workload's answer for the client: hop-by-hop headers off, except on a 101, whose

@@ -105,6 +105,10 @@ where
         .http1()
         .timer(TokioTimer::new())
         .half_close(true)
+        // The peer is an authenticated agent whose pooled keep-alive connections may idle for
+        // long; hyper's default 30 s header timer would close them while idle (racing the
+        // next request). The workload's own idle policy applies, as with the byte relay.
+        .header_read_timeout(None)
         // The workload's own Date (or none) goes back as it was.
         .auto_date_header(false)
         .max_buf_size(settings.max_header_bytes.max(MIN_H1_BUFFER));

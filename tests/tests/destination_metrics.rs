@@ -458,6 +458,39 @@ fn same_node_requests_are_reported_by_both_sides() {
     assert_no_panics(&mesh);
 }
 
+/// A pooled keep-alive connection from the source agent that idles longer than hyper's default
+/// header-read timeout (30 s) is still open at the destination and carries the next request:
+/// no new upstream connection, no new tunnel stream, no error.
+#[test]
+fn idle_keep_alive_connections_stay_open() {
+    let mut mesh = mesh("dm-idle");
+    mesh.sim.add_pod("node1", "client").expect("pod client");
+    mesh.sim.add_pod("node2", "web").expect("pod web");
+    let _web = Backend::start(&mesh, "web", "web", &[]);
+    let spec = MeshSpec {
+        services: vec![http_service("web", WEB_VIP, "http", &["web"])],
+        ..MeshSpec::default()
+    };
+    start_agents(&mut mesh, &spec);
+    let r = get(&mesh, "client", WEB_VIP, "/first");
+    assert_eq!((r.status, r.backend()), (200, "web"), "{}", r.raw);
+    let opened = || {
+        (
+            mesh.stat("node1", "http_upstream", "connections_opened")
+                .expect("stat"),
+            mesh.stat("node2", "inbound", "http_streams").expect("stat"),
+        )
+    };
+    assert_eq!(opened(), (1, 1));
+    std::thread::sleep(Duration::from_secs(35));
+    let r = get(&mesh, "client", WEB_VIP, "/second");
+    assert_eq!((r.status, r.backend()), (200, "web"), "{}", r.raw);
+    assert_eq!(opened(), (1, 1), "the idle connection was closed");
+    let ok = [("reporter", "destination"), ("response_code", "200")];
+    let node2 = wait_requests(&mesh, "node2", &ok, 2.0);
+    assert_eq!(sum(&node2, "istio_requests_total", &ok), 2.0);
+}
+
 #[test]
 fn metrics_text_is_parsed() {
     let text = "# HELP x y\nistio_requests_total{reporter=\"destination\",grpc_response_status=\"\",source_workload=\"a\"} 3\nplain 1.5\n";

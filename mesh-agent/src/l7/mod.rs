@@ -4,8 +4,9 @@
 //!
 //! The outbound side terminates HTTP (hyper), decides per request, and sends each request to
 //! the chosen endpoint over pooled upstream connections that ride the mTLS tunnel (one
-//! CONNECT stream per upstream connection, many requests per stream). The inbound side stays
-//! L4: it only sees CONNECT streams.
+//! CONNECT stream per upstream connection, many requests per stream). The destination agent
+//! serves a CONNECT stream to a port declared http/http2/grpc as HTTP too, without routing, to
+//! report each request as its destination ([`inbound`]); other streams stay L4.
 
 pub mod backend;
 pub mod body;
@@ -14,6 +15,7 @@ pub mod detect;
 pub mod filters;
 pub mod flags;
 pub mod headers;
+pub mod inbound;
 pub mod matcher;
 pub mod proxy;
 pub mod stats;

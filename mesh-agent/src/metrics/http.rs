@@ -58,6 +58,9 @@ pub struct RequestMeter {
     pub endpoint: Option<SocketAddr>,
     pub security: Security,
     pub attempts: u32,
+    /// The last attempt went to a workload of this node through the in-process inbound path:
+    /// this agent also delivered the request, so it reports it as the destination too.
+    delivered_locally: bool,
 }
 
 fn version_text(v: http::Version) -> &'static str {
@@ -111,7 +114,29 @@ impl RequestMeter {
             endpoint: None,
             security: Security::Unknown,
             attempts: 0,
+            delivered_locally: false,
         }
+    }
+
+    /// A request seen where it is delivered: the destination agent serving a tunnel stream
+    /// to `endpoint`, a workload of this node (`destination`, a member of `service`). One
+    /// attempt, over mutual TLS.
+    pub fn at_destination(
+        parts: &Parts,
+        grpc: bool,
+        client: SocketAddr,
+        endpoint: SocketAddr,
+        destination: Option<Peer>,
+        service: Option<ServiceRef>,
+    ) -> RequestMeter {
+        let mut meter = RequestMeter::new(parts, grpc, client, None);
+        meter.reporter = Reporter::Destination;
+        meter.destination = destination;
+        meter.destination_service = service;
+        meter.endpoint = Some(endpoint);
+        meter.security = Security::MutualTls;
+        meter.attempts = 1;
+        meter
     }
 
     /// An attempt is being sent to `endpoint` of `backend`.
@@ -124,6 +149,7 @@ impl RequestMeter {
             Via::Tunnel { .. } | Via::Local => Security::MutualTls,
             Via::Direct => Security::Unknown,
         };
+        self.delivered_locally = matches!(via, Via::Local);
         self.attempts += 1;
     }
 
@@ -224,26 +250,62 @@ impl Pending {
         };
         let duration = m.started.elapsed();
         let request_bytes = m.request_bytes.load(Ordering::Relaxed);
-        if istio {
-            shared
-                .istio
-                .record_request(&labels, duration, request_bytes, self.response_bytes);
+        let emit = |labels: &RequestLabels| {
+            if istio {
+                shared
+                    .istio
+                    .record_request(labels, duration, request_bytes, self.response_bytes);
+            }
+            if access {
+                crate::accesslog::request(&RequestRecord {
+                    labels,
+                    client: m.client,
+                    method: &m.method,
+                    authority: &m.authority,
+                    path: &m.path,
+                    protocol: m.version,
+                    duration,
+                    request_bytes,
+                    response_bytes: self.response_bytes,
+                    upstream: m.endpoint,
+                    attempts: m.attempts,
+                });
+            }
+        };
+        emit(&labels);
+        // Same node: no destination agent sees the request, this one delivered it.
+        if m.reporter == Reporter::Source
+            && m.delivered_locally
+            && let Some(flags) = flags_at_destination(self.flags)
+        {
+            let mut at_destination = labels;
+            at_destination.traffic.reporter = Reporter::Destination;
+            at_destination.traffic.response_flags = Flags(flags);
+            emit(&at_destination);
         }
-        if access {
-            crate::accesslog::request(&RequestRecord {
-                labels: &labels,
-                client: m.client,
-                method: &m.method,
-                authority: &m.authority,
-                path: &m.path,
-                protocol: m.version,
-                duration,
-                request_bytes,
-                response_bytes: self.response_bytes,
-                upstream: m.endpoint,
-                attempts: m.attempts,
-            });
-        }
+    }
+}
+
+/// What the destination side of a request delivered in process reports, from the flags of
+/// the answer the client got: `None` when the request never reached the workload (refused,
+/// no connection, timed out before an answer, or answered by the agent itself), else the
+/// flags the delivery itself would carry. Retry marks (URX, RL) sit on the workload's own
+/// answer and are the source's business; UC (the workload's connection broke mid-request)
+/// is what a destination agent reports too.
+fn flags_at_destination(flags: Option<&'static str>) -> Option<Option<&'static str>> {
+    use crate::l7::flags::ResponseFlag;
+    let Some(flag) = flags else {
+        return Some(None);
+    };
+    let code = |f: ResponseFlag| f.code();
+    if flag == code(ResponseFlag::UpstreamRetryLimitExceeded)
+        || flag == code(ResponseFlag::RetryBudgetExhausted)
+    {
+        Some(None)
+    } else if flag == code(ResponseFlag::UpstreamConnectionTermination) {
+        Some(Some(flag))
+    } else {
+        None
     }
 }
 
@@ -325,6 +387,17 @@ mod tests {
         assert_eq!(static_flag("UH"), Some("UH"));
         assert_eq!(static_flag("NR"), Some("NR"));
         assert_eq!(static_flag("bogus"), None);
+    }
+
+    #[test]
+    fn destination_side_of_local_delivery_reports_only_delivered_requests() {
+        assert_eq!(flags_at_destination(None), Some(None));
+        assert_eq!(flags_at_destination(Some("URX")), Some(None));
+        assert_eq!(flags_at_destination(Some("RL")), Some(None));
+        assert_eq!(flags_at_destination(Some("UC")), Some(Some("UC")));
+        for never in ["UF", "RBAC", "UT", "UH", "NR", "NC", "DC"] {
+            assert_eq!(flags_at_destination(Some(never)), None, "{never}");
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct InboundStats {
     pub authz_denied: AtomicU64,
     /// Connections to the local workload that failed.
     pub connect_failed: AtomicU64,
+    /// Streams to a port declared http/http2/grpc, served as HTTP (l7::inbound).
+    pub http_streams: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
 }
@@ -365,6 +367,9 @@ async fn handle_stream(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = cert.id.clone();
+    // Declared HTTP ports: requests are served (and reported as the destination) one by one.
+    let http = shared.telemetry.istio_enabled() || shared.telemetry.access_log_enabled();
+    let http = http && crate::l7::inbound::speaks_http(&shared.state().config, target);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -373,6 +378,21 @@ async fn handle_stream(
                 return;
             }
         };
+        if http {
+            shared
+                .inbound_stats
+                .http_streams
+                .fetch_add(1, Ordering::Relaxed);
+            let delivery = crate::l7::inbound::Delivery {
+                shared: shared.clone(),
+                source: Arc::new(source),
+                identity: id,
+                origin,
+                target,
+                client: peer,
+            };
+            return crate::l7::inbound::serve(upgraded, upstream, delivery).await;
+        }
         match super::relay(TokioIo::new(upgraded), upstream).await {
             Ok((up, down)) => {
                 shared

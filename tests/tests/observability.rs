@@ -764,18 +764,16 @@ fn prometheus_counts_exact_bytes_and_requests(c: &Cluster) -> Problems {
         &at_sink_from_client,
         &at_destination,
     );
-    // Source (node1): its own workload in full; of the remote endpoint it knows the name and
-    // namespace the service's endpoint declares, not its labels or service account (node1's
-    // config does not have them), so those are left out here (see the findings).
+    // Source (node1): its own workload in full, and the remote endpoint's workload as node2's
+    // agent described it in its answer to the tunnel request (labels and service account are
+    // not in node1's config): the same 23 values as the destination's, reporter aside, as
+    // in Istio.
     let mut at_source = vec![v("reporter", "source")];
     at_source.extend(client_labels.iter().cloned());
     at_source.extend(sink_service.iter().cloned());
-    at_source.extend([
-        v("destination_workload", "tcp-server"),
-        v("destination_workload_namespace", NS),
-        v("destination_cluster", CLUSTER),
-    ]);
+    at_source.extend(sink_full.iter().cloned());
     at_source.extend(tcp_mtls.iter().cloned());
+    assert_eq!(at_source.len(), 23);
     labels_are(
         &mut p,
         prom,

@@ -227,7 +227,10 @@ impl Pending {
         let destination = m
             .destination
             .clone()
-            .or_else(|| m.endpoint.and_then(|e| state.peers.by_ip(e.ip()).cloned()))
+            .or_else(|| {
+                m.endpoint
+                    .and_then(|e| state.peers.endpoint_workload(e.ip(), &shared.tunnels))
+            })
             .unwrap_or_default();
         drop(state);
         let mut traffic = TrafficLabels::new(

@@ -82,6 +82,23 @@ impl PeerIndex {
         self.by_ip.get(&canonical_ip(ip))
     }
 
+    /// The workload behind an endpoint: a workload of this node, else what the endpoint's
+    /// agent said about it, else the endpoint's declared workload name.
+    pub fn endpoint_workload(
+        &self,
+        ip: IpAddr,
+        tunnels: &crate::proxy::tunnel::TunnelPool,
+    ) -> Option<Peer> {
+        let local = self.by_ip(ip).filter(|p| p.principal.is_known());
+        if let Some(p) = local {
+            return Some(p.clone());
+        }
+        tunnels
+            .remote_workload(ip)
+            .and_then(|b| self.from_destination_baggage(&b))
+            .or_else(|| self.by_ip(ip).cloned())
+    }
+
     pub fn service_of_endpoint(&self, addr: SocketAddr) -> Option<&ServiceRef> {
         self.services_by_endpoint
             .get(&SocketAddr::new(canonical_ip(addr.ip()), addr.port()))
@@ -119,6 +136,24 @@ impl PeerIndex {
         peer
     }
 
+    /// The workload behind an endpoint of another node, as that node's agent described it.
+    pub fn from_destination_baggage(&self, baggage: &Baggage) -> Option<Peer> {
+        let name = baggage.workload.as_deref()?;
+        let v = |o: &Option<String>| super::labels::Value::new(o.as_deref().unwrap_or(""));
+        Some(Peer {
+            workload: super::labels::Value::new(name),
+            namespace: v(&baggage.namespace),
+            principal: v(&baggage.principal),
+            canonical_service: super::labels::Value::new(
+                baggage.service.as_deref().unwrap_or(name),
+            ),
+            canonical_revision: super::labels::Value::new(
+                baggage.version.as_deref().unwrap_or("latest"),
+            ),
+            cluster: super::labels::Value::new(&self.cluster),
+        })
+    }
+
     pub fn cluster(&self) -> &str {
         &self.cluster
     }
@@ -136,6 +171,9 @@ pub struct Baggage {
     pub workload: Option<String>,
     pub service: Option<String>,
     pub version: Option<String>,
+    /// The workload's SPIFFE ID: used from a destination agent's answer only (a client's own
+    /// identity is its certificate's).
+    pub principal: Option<String>,
 }
 
 impl Baggage {
@@ -143,10 +181,15 @@ impl Baggage {
         if !peer.workload.is_known() {
             return None;
         }
-        Some(format!(
+        let mut text = format!(
             "k8s.namespace.name={},k8s.workload.name={},service.name={},service.version={}",
             peer.namespace, peer.workload, peer.canonical_service, peer.canonical_revision
-        ))
+        );
+        if peer.principal.is_known() {
+            text.push_str(",spiffe.id=");
+            text.push_str(peer.principal.as_str());
+        }
+        Some(text)
     }
 
     pub fn parse(header: &str) -> Baggage {
@@ -165,6 +208,7 @@ impl Baggage {
                 "k8s.workload.name" | "k8s.deployment.name" => &mut b.workload,
                 "service.name" => &mut b.service,
                 "service.version" => &mut b.version,
+                "spiffe.id" => &mut b.principal,
                 _ => continue,
             };
             *slot = Some(value.to_owned());
@@ -209,6 +253,24 @@ mod tests {
         assert_eq!(spoofed.workload.as_str(), "unknown");
         assert_eq!(spoofed.namespace.as_str(), "other");
         assert!(Baggage::of(&Peer::default()).is_none());
+        // A destination agent's answer carries the workload's identity too.
+        let server = Peer {
+            principal: Value::new("spiffe://cluster.local/ns/shop/sa/web"),
+            ..peer.clone()
+        };
+        let answer = Baggage::parse(&Baggage::of(&server).unwrap());
+        let labelled = index.from_destination_baggage(&answer).unwrap();
+        assert_eq!(
+            labelled.principal.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/web"
+        );
+        assert_eq!(labelled.canonical_service.as_str(), "client-app");
+        assert_eq!(labelled.canonical_revision.as_str(), "v3");
+        // ... but a client cannot claim an identity through it.
+        assert_eq!(
+            index.from_baggage(&id("shop"), &answer).principal.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/sa"
+        );
         assert_eq!(
             Baggage::parse("garbage,,=;k8s.workload.name="),
             Baggage::default()

@@ -358,6 +358,13 @@ async fn handle_stream(
             None => state.peers.by_identity(&cert.id),
         }
     };
+    // The client's agent labels its side of the metrics with the workload it reached.
+    let workload: Option<http::HeaderValue> = shared
+        .state()
+        .peers
+        .by_ip(target.ip())
+        .and_then(Baggage::of)
+        .and_then(|b| b.parse().ok());
     let upstream = match open_local(&shared, &cert.id, &source, origin, target).await {
         Ok(s) => s,
         Err(refusal) => {
@@ -408,5 +415,9 @@ async fn handle_stream(
             Err(e) => tracing::debug!(%peer, %id, %target, error = %e, "tunnel stream reset"),
         }
     });
-    Response::new(Empty::new())
+    let mut response = Response::new(Empty::new());
+    if let Some(b) = workload {
+        response.headers_mut().insert(tunnel::BAGGAGE_HEADER, b);
+    }
+    response
 }

@@ -158,17 +158,20 @@ async fn handle(
         .clone();
     let origin = state.origin_address(source, upstream.addr.is_ipv6());
     let service = destination.service.clone();
-    if let Some(key) = client_key {
-        // The service the client asked for (its VIP), else the endpoint's service.
-        let service = destination
-            .l7
-            .as_ref()
-            .map(|p| state.peers.service(&p.service.name, &p.service.namespace))
-            .or_else(|| state.peers.service_of_endpoint(upstream.addr).cloned());
-        let destination = state
+    // The service the client asked for (its VIP), else the endpoint's service.
+    let labelled_service = destination
+        .l7
+        .as_ref()
+        .map(|p| state.peers.service(&p.service.name, &p.service.namespace))
+        .or_else(|| state.peers.service_of_endpoint(upstream.addr).cloned());
+    let annotate = |shared: &Shared| {
+        let Some(key) = client_key else {
+            return;
+        };
+        let destination = shared
+            .state()
             .peers
-            .by_ip(upstream.addr.ip())
-            .cloned()
+            .endpoint_workload(upstream.addr.ip(), &shared.tunnels)
             .unwrap_or_default();
         let security = match upstream.via {
             Via::Direct => Security::Unknown,
@@ -177,13 +180,14 @@ async fn handle(
         shared.tcp_accounting.annotate(
             key,
             Annotation::Outbound {
-                service,
+                service: labelled_service.clone(),
                 destination,
                 security,
             },
         );
-    }
+    };
     drop(state);
+    annotate(&shared);
     tracing::debug!(%peer, %original, upstream = %upstream.addr, via = ?upstream.via, %identity, %service, "relaying");
     let shared = &*shared;
 
@@ -226,6 +230,8 @@ async fn handle(
                 .with_context(|| format!("tunnel to {} on {node}", upstream.addr))
             {
                 Ok(s) => {
+                    // The endpoint's agent has now said which workload it is.
+                    annotate(shared);
                     count_forwarded(shared);
                     super::relay(client, s).await
                 }

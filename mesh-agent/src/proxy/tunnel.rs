@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::metrics::peers::Baggage;
 use anyhow::{Context, Result, anyhow};
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode, body::Bytes, client::conn::http2};
@@ -94,8 +95,15 @@ pub struct TunnelPool {
     /// instead of each opening its own.
     slots: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<Option<Session>>>>>,
     configs: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    /// What the destination agents said about the workloads behind endpoint addresses (the
+    /// `baggage` of their CONNECT answers), for the metric labels of the client side.
+    remote_workloads: Mutex<HashMap<IpAddr, Baggage>>,
     pub stats: TunnelClientStats,
 }
+
+/// Endpoint workloads remembered from CONNECT answers; the map starts over when it is full
+/// (pods come and go, answers refill it).
+const REMOTE_WORKLOADS_KEPT: usize = 65_536;
 
 impl TunnelPool {
     pub fn new(identity: Arc<IdentityManager>) -> TunnelPool {
@@ -103,8 +111,18 @@ impl TunnelPool {
             identity,
             slots: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
+            remote_workloads: Mutex::new(HashMap::new()),
             stats: TunnelClientStats::default(),
         }
+    }
+
+    /// The workload behind `ip` as its node's agent described it, if a stream went there.
+    pub fn remote_workload(&self, ip: IpAddr) -> Option<Baggage> {
+        self.remote_workloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&crate::state::canonical_ip(ip))
+            .cloned()
     }
 
     /// Opens a tunnelled stream to `target` through the agent at `node`, as `source`.
@@ -184,6 +202,20 @@ impl TunnelPool {
             .into());
         }
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = response
+            .headers()
+            .get(BAGGAGE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            let mut known = self
+                .remote_workloads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if known.len() >= REMOTE_WORKLOADS_KEPT {
+                known.clear();
+            }
+            known.insert(crate::state::canonical_ip(target.ip()), Baggage::parse(b));
+        }
         let upgraded = hyper::upgrade::on(response)
             .await
             .with_context(|| format!("CONNECT {target} via {node}: no stream"))?;

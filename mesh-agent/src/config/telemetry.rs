@@ -28,6 +28,10 @@ pub struct TelemetrySettings {
     pub istio_metrics: bool,
     /// One log line per closed connection and per HTTP request (target `access`).
     pub access_log: bool,
+    /// The destination agent serves tunnel streams to ports declared http/http2/grpc as HTTP
+    /// to report their requests (reporter="destination", what Flagger and Kiali query); when
+    /// false it relays their bytes, and requests are reported by the source only.
+    pub destination_requests: bool,
     /// `source_cluster` / `destination_cluster`.
     pub cluster_id: String,
     /// Services are named `<name>.<namespace>.svc.<cluster_domain>` in `destination_service`.
@@ -44,6 +48,7 @@ impl Default for TelemetrySettings {
             readiness_address: DEFAULT_READINESS_ADDRESS,
             istio_metrics: true,
             access_log: true,
+            destination_requests: true,
             cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             program_stats: true,
@@ -62,6 +67,8 @@ pub(super) struct RawTelemetry {
     istio_metrics: Option<bool>,
     #[serde(default)]
     access_log: Option<bool>,
+    #[serde(default)]
+    destination_requests: Option<bool>,
     #[serde(default)]
     cluster_id: Option<Text>,
     #[serde(default)]
@@ -139,6 +146,9 @@ impl Checker<'_> {
             readiness_address,
             istio_metrics: raw.istio_metrics.unwrap_or(defaults.istio_metrics),
             access_log: raw.access_log.unwrap_or(defaults.access_log),
+            destination_requests: raw
+                .destination_requests
+                .unwrap_or(defaults.destination_requests),
             cluster_id,
             cluster_domain,
             program_stats: raw.program_stats.unwrap_or(defaults.program_stats),
@@ -235,12 +245,13 @@ mod tests {
     #[test]
     fn every_key_is_read() {
         let t = parse(
-            "  metrics_address: 127.0.0.1:9464\n  readiness_address: '[::]:9465'\n  istio_metrics: false\n  access_log: false\n  cluster_id: east-1\n  cluster_domain: corp.example\n  program_stats: false\n",
+            "  metrics_address: 127.0.0.1:9464\n  readiness_address: '[::]:9465'\n  istio_metrics: false\n  access_log: false\n  destination_requests: false\n  cluster_id: east-1\n  cluster_domain: corp.example\n  program_stats: false\n",
         )
         .unwrap();
         assert_eq!(t.metrics_address.to_string(), "127.0.0.1:9464");
         assert_eq!(t.readiness_address.to_string(), "[::]:9465");
         assert!(!t.istio_metrics && !t.access_log && !t.program_stats);
+        assert!(!t.destination_requests);
         assert_eq!(t.cluster_id, "east-1");
         assert_eq!(t.cluster_domain, "corp.example");
     }

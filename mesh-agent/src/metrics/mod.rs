@@ -22,6 +22,7 @@ use crate::{config::TelemetrySettings, runtime::Shared};
 pub struct Switches {
     istio: AtomicBool,
     access_log: AtomicBool,
+    destination_requests: AtomicBool,
 }
 
 impl Switches {
@@ -35,6 +36,8 @@ impl Switches {
         self.istio.store(settings.istio_metrics, Ordering::Relaxed);
         self.access_log
             .store(settings.access_log, Ordering::Relaxed);
+        self.destination_requests
+            .store(settings.destination_requests, Ordering::Relaxed);
     }
 
     pub fn istio_enabled(&self) -> bool {
@@ -43,6 +46,13 @@ impl Switches {
 
     pub fn access_log_enabled(&self) -> bool {
         self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// Whether the destination agent parses HTTP on declared ports to report requests: only
+    /// when asked to and when something records them.
+    pub fn destination_requests_enabled(&self) -> bool {
+        self.destination_requests.load(Ordering::Relaxed)
+            && (self.istio_enabled() || self.access_log_enabled())
     }
 }
 

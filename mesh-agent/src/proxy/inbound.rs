@@ -375,7 +375,7 @@ async fn handle_stream(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = cert.id.clone();
     // Declared HTTP ports: requests are served (and reported as the destination) one by one.
-    let http = shared.telemetry.istio_enabled() || shared.telemetry.access_log_enabled();
+    let http = shared.telemetry.destination_requests_enabled();
     let http = http && crate::l7::inbound::speaks_http(&shared.state().config, target);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {

@@ -34,8 +34,8 @@ use serde_json::{Value, json};
 
 use super::{cgroup_cpu_seconds, median, round3};
 
-/// Rounds of each case (off and on alternate).
-const ROUNDS: usize = 3;
+/// Rounds of each case (off, on and full alternate).
+const ROUNDS: usize = 5;
 const DURATION: u32 = 10;
 const WARM_UP: u32 = 1;
 const CLIENTS: u32 = 4;
@@ -58,13 +58,17 @@ const PATH: &str = "/bench";
 enum Case {
     Off,
     On,
+    /// On, plus the destination agent parsing HTTP to report requests as the destination
+    /// (the default configuration).
+    Full,
 }
 
 impl Case {
     fn telemetry_yaml(self) -> &'static str {
         match self {
             Case::Off => "{istio_metrics: false, access_log: false}",
-            Case::On => "{istio_metrics: true, access_log: false}",
+            Case::On => "{istio_metrics: true, access_log: false, destination_requests: false}",
+            Case::Full => "{istio_metrics: true, access_log: false}",
         }
     }
 }
@@ -74,6 +78,7 @@ impl fmt::Display for Case {
         f.pad(match self {
             Case::Off => "off",
             Case::On => "on",
+            Case::Full => "full",
         })
     }
 }
@@ -111,10 +116,22 @@ pub fn run(json: bool) -> Result<()> {
             (Vec::new(), Some(format!("{e:#}")))
         }
     };
-    let (off, on) = cpu_runs(bins)?;
+    let (off, on, full) = cpu_runs(bins)?;
     let off_us = median(&off.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>());
     let on_us = median(&on.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>());
-    let change = on_us / off_us - 1.0;
+    let full_us = median(&full.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>());
+    // Each round's cases run back to back, so a round's ratio cancels what drifts between
+    // rounds (other load, CPU frequency); the change is the median of the rounds' ratios.
+    let paired = |x: &[CpuRun]| {
+        median(
+            &x.iter()
+                .zip(&off)
+                .map(|(a, b)| a.cpu_us_per_req / b.cpu_us_per_req - 1.0)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let change = paired(&on);
+    let full_change = paired(&full);
     let met = change <= CPU_GOAL_CHANGE;
     if json {
         let runs = |v: &[CpuRun]| -> Vec<Value> {
@@ -150,11 +167,23 @@ pub fn run(json: bool) -> Result<()> {
                 "met": met,
                 "off_runs": runs(&off),
                 "on_runs": runs(&on),
+                "full_us_per_req": round3(full_us),
+                "full_change": round3(full_change),
+                "full_runs": runs(&full),
             },
         });
         println!("{out}");
     } else {
         print!("{}", table(&encodes, &off, &on, off_us, on_us, change, met));
+        println!(
+            "full (metrics on + destination-side request reporting, the default): {full_us:.2} us \
+             per request, {:+.1}% vs off; rounds [{}]",
+            full_change * 100.0,
+            full.iter()
+                .map(|r| format!("{:.2}", r.cpu_us_per_req))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("load average after: {}", loadavg());
         if let Some(e) = &encode_error {
             println!(
@@ -272,7 +301,9 @@ fn spec(case: Case) -> MeshSpec {
 }
 
 /// Alternating rounds: off, on, off, on, ...
-fn cpu_runs(bins: mesh_tests::mesh::Binaries) -> Result<(Vec<CpuRun>, Vec<CpuRun>)> {
+type Runs = (Vec<CpuRun>, Vec<CpuRun>, Vec<CpuRun>);
+
+fn cpu_runs(bins: mesh_tests::mesh::Binaries) -> Result<Runs> {
     eprintln!("metrics bench: setting up node1 (client pod) and node2 (http-backend pod)");
     let mut mesh = Mesh::new("bench-metrics", bins)?;
     mesh.sim.add_pod("node1", "client")?;
@@ -291,9 +322,9 @@ fn cpu_runs(bins: mesh_tests::mesh::Binaries) -> Result<(Vec<CpuRun>, Vec<CpuRun
         mesh,
         _server: server,
     };
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off, mut on, mut full) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        for case in [Case::Off, Case::On] {
+        for case in [Case::Off, Case::On, Case::Full] {
             eprint!("round {round}/{ROUNDS}: metrics {case:<3}");
             let run = bench
                 .run_case(case)
@@ -312,10 +343,11 @@ fn cpu_runs(bins: mesh_tests::mesh::Binaries) -> Result<(Vec<CpuRun>, Vec<CpuRun
             match case {
                 Case::Off => off.push(run),
                 Case::On => on.push(run),
+                Case::Full => full.push(run),
             }
         }
     }
-    Ok((off, on))
+    Ok((off, on, full))
 }
 
 impl Bench {
@@ -421,7 +453,7 @@ impl Bench {
         let text = String::from_utf8_lossy(&out.stdout);
         let has = text.lines().any(|l| l.starts_with("istio_requests_total"));
         match (case, has) {
-            (Case::On, false) => {
+            (Case::On | Case::Full, false) => {
                 bail!("metrics on, but node1's /metrics has no istio_requests_total")
             }
             (Case::Off, true) => {
@@ -496,10 +528,10 @@ fn table(
     }
     let rps = |v: &[CpuRun]| median(&v.iter().map(|r| r.rps).collect::<Vec<_>>());
     out += &format!(
-        "\nmetrics: agent CPU per request (both agents), h2load h1 {CLIENTS} connections x \
+        "\nmetrics: agent CPU per request (both agents; on = istio_metrics without destination-side request reporting), h2load h1 {CLIENTS} connections x \
          {RATE_PER_CLIENT} req/s for {DURATION} s after {WARM_UP} s, client pod (node1) -> L7 \
          VIP -> mTLS tunnel -> http-backend pod (node2); access log off; median of {ROUNDS} \
-         rounds each, alternating off/on\n\
+         rounds each, alternating off/on/full; change = median of the rounds' on/off ratios\n\
          {:<16} {:<6} {:>10} {:>10} {:>8} {:>10} {:>4}\n",
         "metric", "unit", "off", "on", "change", "goal", "met"
     );

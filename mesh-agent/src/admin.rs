@@ -132,7 +132,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
                 "http_upstream": shared.upstreams.stats,
                 "identity": {"rotations": shared.identity.rotations()},
                 "programs": shared.programs,
-                "listeners": shared.listeners,
+                "listeners": shared.listeners(),
             }),
         ),
         "/certs" => json_response(

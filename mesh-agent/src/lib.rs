@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod state;
 pub mod status;

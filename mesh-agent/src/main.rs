@@ -67,18 +67,21 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let (config, source) = match config {
-                Some(path) => (config::load_file(&path)?, path.display().to_string()),
-                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => (
-                    config::load_file(Path::new(cli::DEFAULT_CONFIG_PATH))?,
-                    cli::DEFAULT_CONFIG_PATH.to_owned(),
-                ),
+            let path = match config {
+                Some(path) => Some(path),
+                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => {
+                    Some(cli::DEFAULT_CONFIG_PATH.into())
+                }
+                None => None,
+            };
+            let (config, source) = match &path {
+                Some(path) => (config::load_file(path)?, path.display().to_string()),
                 None => {
                     tracing::info!("no config file; running with the embedded default");
                     (config::embedded_default(), "embedded default".to_owned())
                 }
             };
-            tokio_runtime()?.block_on(runtime::run(config, source, log))?;
+            tokio_runtime()?.block_on(runtime::run(config, source, path, log))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows {

@@ -56,7 +56,9 @@ pub struct Shared {
     pub proxy_stats: ProxyStats,
     pub ready: AtomicBool,
     pub programs: Vec<String>,
-    pub listeners: Vec<ListenerInfo>,
+    listeners: std::sync::Mutex<Vec<ListenerInfo>>,
+    /// The agent's own cgroup: no workload may be in it.
+    pub agent_cgroup_id: u64,
     pub identity: Arc<IdentityManager>,
     pub tunnels: TunnelPool,
     pub inbound_stats: InboundStats,
@@ -98,9 +100,29 @@ impl Shared {
     /// Installs a new model (a config change) and drops the istio_* series of workloads that
     /// are no longer in it; returns how many label sets were dropped.
     pub fn replace_state(&self, state: State) -> usize {
+        self.replace_state_arc(Arc::new(state))
+    }
+
+    pub fn replace_state_arc(&self, state: Arc<State>) -> usize {
         let live = state.peers.workloads().clone();
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
         self.istio.retain_workloads(&live)
+    }
+
+    /// The outbound listeners (one or two per network namespace).
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// (namespace cookie, port) of every outbound listener, for the kernel's listener map.
+    pub fn listener_cookies(&self) -> Vec<(u64, u16)> {
+        self.listeners()
+            .iter()
+            .map(|l| (l.netns_cookie, l.address.port()))
+            .collect()
     }
 
     pub fn workload_name(&self, cgroup_id: u64) -> Option<String> {
@@ -158,15 +180,49 @@ impl Shared {
     }
 }
 
-/// Opens the outbound listener in the host namespace and in every pod namespace.
-fn open_listeners(state: &State) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
-    let port = state.node.outbound_port;
+/// The network namespaces that need an outbound listener: the host's and every pod's.
+fn wanted_namespaces(state: &State) -> Vec<Option<PathBuf>> {
     let mut namespaces: Vec<Option<PathBuf>> = vec![None];
     for w in &state.workloads {
         if w.netns.is_some() && !namespaces.contains(&w.netns) {
             namespaces.push(w.netns.clone());
         }
     }
+    namespaces
+}
+
+/// Opens the outbound listener in the host namespace and in every pod namespace.
+fn open_listeners(state: &State) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
+    open_listeners_in(state.node.outbound_port, wanted_namespaces(state))
+}
+
+/// After a config change: opens listeners in the pod namespaces that have none yet and
+/// starts serving them; returns how many were opened. Listeners of pods that left stay
+/// until the agent restarts (they only accept what the kernel redirects to them).
+pub fn open_missing_listeners(shared: &Arc<Shared>, state: &State) -> Result<usize> {
+    let have: Vec<Option<PathBuf>> = shared.listeners().iter().map(|l| l.netns.clone()).collect();
+    let missing: Vec<Option<PathBuf>> = wanted_namespaces(state)
+        .into_iter()
+        .filter(|ns| !have.contains(ns))
+        .collect();
+    let opened = open_listeners_in(state.node.outbound_port, missing)
+        .context("cannot open outbound listeners for new pods")?;
+    let count = opened.len();
+    for (listener, info) in opened {
+        shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(info.clone());
+        proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
+    }
+    Ok(count)
+}
+
+fn open_listeners_in(
+    port: u16,
+    namespaces: Vec<Option<PathBuf>>,
+) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
     let mut out = Vec::new();
     for ns in namespaces {
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
@@ -216,6 +272,7 @@ fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
 pub async fn run(
     config: Config,
     config_source: String,
+    config_path: Option<PathBuf>,
     log: crate::logging::LogControl,
 ) -> Result<()> {
     // Root first: without it the CA directory or key may be unreadable, and that message
@@ -267,7 +324,8 @@ pub async fn run(
         proxy_stats: ProxyStats::default(),
         ready: AtomicBool::new(false),
         programs: datapath.program_names(),
-        listeners: listeners.iter().map(|(_, i)| i.clone()).collect(),
+        listeners: std::sync::Mutex::new(listeners.iter().map(|(_, i)| i.clone()).collect()),
+        agent_cgroup_id,
         tunnels: TunnelPool::new(identity.clone()),
         identity: identity.clone(),
         inbound_stats: InboundStats::default(),
@@ -302,6 +360,9 @@ pub async fn run(
     )
     .await?;
     shared.config_reloads.succeeded();
+    if let Some(path) = config_path {
+        crate::reload::spawn(shared.clone(), path)?;
+    }
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -138,7 +138,7 @@ pub fn collect(shared: &Shared) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "ready": ready,
         "programs": shared.programs,
-        "listeners": shared.listeners,
+        "listeners": shared.listeners(),
         "workloads": workloads,
         "maps": shared.maps.usage(),
         "kernel": kernel,

@@ -404,6 +404,21 @@ impl Mesh {
         self.agents.get(node).map(Proc::logs).unwrap_or_default()
     }
 
+    /// The process id of the node's running agent (to signal it).
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents.get(node).map(Proc::pid)
+    }
+
+    /// Starts mesh-probe in a workload in the background (e.g. a long transfer); its output
+    /// is read once it has exited.
+    pub fn spawn_probe(&self, workload: &str, args: &[&str]) -> Result<Proc> {
+        self.sim.spawn(
+            &self.sim.workload(workload).placement(),
+            &self.bins.probe,
+            args,
+        )
+    }
+
     /// Runs a command inside a workload (cgroup, then netns) and returns its output.
     pub fn run_in(
         &self,

@@ -1,0 +1,154 @@
+//! Config reload for the file source: on SIGHUP and when the file changes. A new file is
+//! validated and built into a complete model first; only then is it swapped in, so a broken
+//! file changes nothing (it is logged, counted in mesh_agent_config_reloads_total{result=
+//! "failure"} and shown in /config_dump). Existing connections are untouched: they hold
+//! their own sockets and the kernel maps change entry by entry.
+//!
+//! What cannot change while running (the node's own settings, identity, listening
+//! addresses) is refused with a message saying that a restart is needed.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::mpsc;
+
+use crate::{config, runtime::Shared, state::State};
+
+/// Changes closer together than this are one reload (editors write a file in steps).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Reloads `path`; on failure the running config stays and the error is recorded.
+pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<()> {
+    match try_reload(shared, path) {
+        Ok(summary) => {
+            shared.config_reloads.succeeded();
+            tracing::info!(file = %path.display(), %summary, "config reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            tracing::error!(file = %path.display(), error = %message, "config rejected; the running config stays");
+            shared.config_reloads.failed(message);
+            Err(e)
+        }
+    }
+}
+
+fn try_reload(shared: &Arc<Shared>, path: &Path) -> Result<String> {
+    let config = config::load_file(path)?;
+    let current = shared.state();
+    let old = &current.config;
+    if config.node != old.node {
+        bail!("the `node` section changed; restart the agent to apply it");
+    }
+    if config.identity != old.identity {
+        bail!("the `identity` section changed; restart the agent to apply it");
+    }
+    let t = (&config.telemetry, &old.telemetry);
+    if t.0.metrics_address != t.1.metrics_address
+        || t.0.readiness_address != t.1.readiness_address
+        || t.0.program_stats != t.1.program_stats
+    {
+        bail!("telemetry addresses or program_stats changed; restart the agent to apply them");
+    }
+    let state = State::build(config)?;
+    if let Some(w) = state
+        .workloads
+        .iter()
+        .find(|w| w.cgroup_id == shared.agent_cgroup_id)
+    {
+        bail!(
+            "workload {}/{} is in the agent's own cgroup",
+            w.namespace,
+            w.name
+        );
+    }
+    let ids = state.local_identities();
+    shared
+        .identity
+        .ensure(&ids)
+        .context("cannot issue certificates for the new workloads")?;
+    shared.tunnels.prepare(&ids)?;
+    let opened = crate::runtime::open_missing_listeners(shared, &state)?;
+    let summary = format!(
+        "{} workloads, {} services, {} policies, {} new outbound listeners",
+        state.workloads.len(),
+        state.config.services.len(),
+        state.config.authorization.len(),
+        opened
+    );
+    let telemetry = state.config.telemetry.clone();
+    // The model first, then the kernel: a connection the kernel newly redirects must find
+    // its destination in the model.
+    let state = Arc::new(state);
+    let dropped = shared.replace_state_arc(state.clone());
+    shared
+        .maps
+        .sync(&state, &shared.listener_cookies())
+        .context("cannot write the new model into the kernel maps")?;
+    shared.telemetry.apply(&telemetry);
+    shared.identity.retain(&ids);
+    Ok(format!("{summary}, {dropped} metric label sets dropped"))
+}
+
+/// Reloads on SIGHUP and whenever the file (or the directory entry pointing to it) changes.
+pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watcher = watch(&path, tx.clone())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            let _ = tx.send(());
+        }
+    });
+    tokio::spawn(async move {
+        // The watcher stops when dropped: it lives as long as this task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let shared = shared.clone();
+            let path = path.clone();
+            let _ = tokio::task::spawn_blocking(move || reload(&shared, &path)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Watches the file's directory (editors and ConfigMap updates replace the file by renaming
+/// another onto it, which a watch on the file itself would miss).
+fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else {
+            return;
+        };
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        let ours = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        if ours {
+            let _ = tx.send(());
+        }
+    })
+    .context("cannot create a file watcher")?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    Ok(watcher)
+}

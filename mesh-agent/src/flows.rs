@@ -42,7 +42,8 @@ fn addr(ip: [u8; 16], port: u16) -> String {
     SocketAddr::new(bytes_to_ip(ip), port).to_string()
 }
 
-fn monotonic_ns() -> u64 {
+/// Now, by the clock bpf_ktime_get_ns() reads (the kernel's connection timestamps).
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

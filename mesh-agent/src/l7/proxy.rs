@@ -101,13 +101,8 @@ async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespB
     HttpStats::bump(&stats.requests);
     let grpc = is_grpc(request.headers());
     let (parts, body) = request.into_parts();
-    let service = conn
-        .shared
-        .state()
-        .destination(conn.original)
-        .and_then(|d| d.l7.as_ref())
-        .map(|p| p.service.clone());
-    let mut meter = RequestMeter::new(&parts, grpc, conn.peer, service);
+    // Routing names the service (one lookup of the destination per request).
+    let mut meter = RequestMeter::new(&parts, grpc, conn.peer, None);
     let request = Request::from_parts(parts, Counted::new(body, meter.request_bytes.clone()));
     let mut response = route(conn, request, grpc, &mut meter).await;
     // A 101 must keep its Upgrade and Connection headers: they are the answer.
@@ -133,6 +128,7 @@ async fn route(
     let Some(port) = state.destination(conn.original).and_then(|d| d.l7.as_ref()) else {
         return reply(conn, ResponseFlag::NoRoute, grpc);
     };
+    meter.service = Some(port.service.clone());
     let (mut parts, body) = request.into_parts();
     if parts.method == http::Method::CONNECT {
         // Tunnelling through an L7 port would bypass routing; HTTP proxies refuse it too.

@@ -50,8 +50,8 @@ pub struct RequestMeter {
     authority: String,
     path: String,
     version: &'static str,
-    /// The service the client asked for (the VIP's).
-    service: Option<BackendKey>,
+    /// The service the client asked for (the VIP's), set by routing.
+    pub service: Option<BackendKey>,
     /// Set by routing: the backend service picked, the endpoint of the last attempt, how it
     /// was reached, and the number of attempts.
     pub backend: Option<BackendKey>,

@@ -79,18 +79,18 @@ pub fn sock_key(local: SocketAddr, remote: SocketAddr, netns_cookie: u64) -> Soc
 }
 
 /// Ports the agent listens on, to tell its accepted sockets from a workload's.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AgentPorts {
-    pub loopback: Vec<u16>,
-    pub any: Vec<u16>,
+    pub loopback: [u16; 2],
+    pub any: [u16; 3],
 }
 
 impl AgentPorts {
     pub fn of(state: &State) -> AgentPorts {
         let t = &state.config.telemetry;
         AgentPorts {
-            loopback: vec![state.node.outbound_port, state.node.admin.port()],
-            any: vec![
+            loopback: [state.node.outbound_port, state.node.admin.port()],
+            any: [
                 state.node.tunnel_port,
                 t.metrics_address.port(),
                 t.readiness_address.port(),
@@ -431,16 +431,9 @@ fn add_bytes(tracked: &mut Tracked, stats: &ConnStats) {
     tracked.response_bytes = tracked.response_bytes.max(response);
 }
 
-/// Age of a live connection, by the clock bpf_ktime_get_ns() reads.
+/// Age of a live connection.
 fn mesh_age(stats: &ConnStats) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    Duration::from_nanos(now.saturating_sub(stats.start_ns))
+    Duration::from_nanos(crate::flows::monotonic_ns().saturating_sub(stats.start_ns))
 }
 
 #[cfg(test)]

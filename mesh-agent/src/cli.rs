@@ -106,6 +106,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print the CustomResourceDefinitions the agent reads (MeshAuthorizationPolicy) as YAML,
+    /// for `kubectl apply -f -`; deploy/kubernetes/base/crds holds the same text.
+    Crds,
     /// Remove a node's pinned maps after the agent has stopped for good.
     Cleanup {
         /// The node's pin directory (<bpffs>/<node name>).

@@ -12,6 +12,7 @@ pub mod config;
 pub mod ebpf;
 pub mod flows;
 pub mod identity;
+pub mod k8s;
 pub mod l7;
 pub mod logging;
 pub mod metrics;

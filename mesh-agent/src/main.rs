@@ -129,6 +129,10 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Crds => {
+            print!("{}", mesh_agent::k8s::crd::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Debug {
             command:
                 DebugCommand::MetricsEncode {

@@ -9,14 +9,18 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
-use crate::{config, runtime::Shared, state::State};
+use crate::{
+    config::{self, Config},
+    runtime::Shared,
+    state::State,
+};
 
 /// Changes closer together than this are one reload (editors write a file in steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -40,21 +44,23 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<()> {
 
 fn try_reload(shared: &Arc<Shared>, path: &Path) -> Result<String> {
     let config = config::load_file(path)?;
+    apply(shared, config)
+}
+
+/// Serialises model changes: a file reload and an update from another source never
+/// interleave their build, swap and kernel sync.
+static APPLY_LOCK: Mutex<()> = Mutex::new(());
+
+/// Makes `config` the running model: refuses node-level changes, builds the complete model
+/// (cgroups, certificates, listeners in new pods' namespaces), swaps it in and syncs the
+/// kernel maps by diff. On error nothing has changed. Every source goes through here.
+/// Returns a one-line summary for the log.
+pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
+    let _serialised = APPLY_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let current = shared.state();
-    let old = &current.config;
-    if config.node != old.node {
-        bail!("the `node` section changed; restart the agent to apply it");
-    }
-    if config.identity != old.identity {
-        bail!("the `identity` section changed; restart the agent to apply it");
-    }
-    let t = (&config.telemetry, &old.telemetry);
-    if t.0.metrics_address != t.1.metrics_address
-        || t.0.readiness_address != t.1.readiness_address
-        || t.0.program_stats != t.1.program_stats
-    {
-        bail!("telemetry addresses or program_stats changed; restart the agent to apply them");
-    }
+    refuse_restart_only_changes(&current.config, &config)?;
     let state = State::build(config)?;
     if let Some(w) = state
         .workloads
@@ -93,6 +99,25 @@ fn try_reload(shared: &Arc<Shared>, path: &Path) -> Result<String> {
     shared.telemetry.apply(&telemetry);
     shared.identity.retain(&ids);
     Ok(format!("{summary}, {dropped} metric label sets dropped"))
+}
+
+/// What cannot change while running: the node's own settings, identity and listening
+/// addresses.
+pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<()> {
+    if new.node != old.node {
+        bail!("the `node` section changed; restart the agent to apply it");
+    }
+    if new.identity != old.identity {
+        bail!("the `identity` section changed; restart the agent to apply it");
+    }
+    let t = (&new.telemetry, &old.telemetry);
+    if t.0.metrics_address != t.1.metrics_address
+        || t.0.readiness_address != t.1.readiness_address
+        || t.0.program_stats != t.1.program_stats
+    {
+        bail!("telemetry addresses or program_stats changed; restart the agent to apply them");
+    }
+    Ok(())
 }
 
 /// Reloads on SIGHUP and whenever the file (or the directory entry pointing to it) changes.

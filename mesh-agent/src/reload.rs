@@ -92,13 +92,24 @@ pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
     // its destination in the model.
     let state = Arc::new(state);
     let dropped = shared.replace_state_arc(state.clone());
-    shared
+    // Listeners of namespaces that left leave the list before the sync, so the kernel stops
+    // redirecting to them before their sockets close.
+    let closing = shared.take_unwanted_listeners(&state)?;
+    let synced = shared
         .maps
         .sync(&state, &shared.listener_cookies())
-        .context("cannot write the new model into the kernel maps")?;
+        .context("cannot write the new model into the kernel maps");
+    // The model no longer wants them, whether or not the sync went through.
+    for task in &closing {
+        task.abort();
+    }
+    synced?;
     shared.telemetry.apply(&telemetry);
     shared.identity.retain(&ids);
-    Ok(format!("{summary}, {dropped} metric label sets dropped"))
+    Ok(format!(
+        "{summary}, {} outbound listeners closed, {dropped} metric label sets dropped",
+        closing.len()
+    ))
 }
 
 /// What cannot change while running: the node's own settings, identity and listening

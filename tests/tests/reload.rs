@@ -11,6 +11,7 @@ use common::*;
 use mesh_tests::mesh::{Mesh, MeshSpec, PolicySpec};
 
 const EPERM: i64 = 1;
+const ECONNREFUSED: i64 = 111;
 /// Big enough to be still running when the new config lands (several seconds here).
 const TRANSFER_BYTES: u64 = 3 * 1024 * 1024 * 1024;
 
@@ -219,5 +220,50 @@ fn reload_adds_a_service_and_tightens_policy_without_touching_a_running_transfer
         reloads(&mesh, "node1").0 == ok_before + 1
     });
     // `full` has no egress rules: web-local is reachable again.
+    assert_eq!(connect(&mesh, &web_local)["reply"], "ping");
+
+    // A pod that leaves the model: its outbound listener closes (the socket would otherwise
+    // pin its network namespace); it comes back with the pod.
+    let web_local_ns = mesh.workload("web-local").netns_path.clone();
+    let has_listener = |mesh: &Mesh| {
+        let stats = mesh.admin("node1", "/stats").expect("stats");
+        stats["listeners"]
+            .as_array()
+            .expect("listeners")
+            .iter()
+            .any(|l| l["netns"].as_str() == web_local_ns.to_str())
+    };
+    assert!(has_listener(&mesh), "web-local has an outbound listener");
+    let gone = MeshSpec {
+        services: full
+            .services
+            .iter()
+            .filter(|s| s.name != "web-local")
+            .cloned()
+            .collect(),
+        absent_workloads: vec!["web-local".into()],
+        ..full.clone()
+    };
+    write_config(&mesh, "node1", &mesh.render_config("node1", &gone));
+    within(Duration::from_secs(2), "the listener closing", || {
+        !has_listener(&mesh)
+    });
+    let refused = mesh
+        .probe(
+            "web-local",
+            &[
+                "connect",
+                "--connect",
+                "127.0.0.1:15001",
+                "--timeout-ms",
+                "300",
+            ],
+        )
+        .expect("probe connect");
+    assert_eq!(refused["errno"].as_i64(), Some(ECONNREFUSED), "{refused}");
+    write_config(&mesh, "node1", &mesh.render_config("node1", &full));
+    within(Duration::from_secs(2), "the listener reopening", || {
+        has_listener(&mesh)
+    });
     assert_eq!(connect(&mesh, &web_local)["reply"], "ping");
 }

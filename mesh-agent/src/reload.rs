@@ -61,7 +61,7 @@ pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let current = shared.state();
     refuse_restart_only_changes(&current.config, &config)?;
-    let state = State::build(config)?;
+    let state = State::build(config, Some(&current))?;
     if let Some(w) = state
         .workloads
         .iter()

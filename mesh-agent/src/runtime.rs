@@ -322,7 +322,7 @@ pub async fn run(
     // Root first: without it the CA directory or key may be unreadable, and that message
     // would hide the real problem.
     ebpf::require_root()?;
-    let state = State::build(config)?;
+    let state = State::build(config, None)?;
     let identity = start_identity(&state)?;
     let tunnel_tls = identity::tls::server_config(identity.clone())?;
     let tunnel_listener = proxy::inbound::bind(state.node.address, state.node.tunnel_port)?;

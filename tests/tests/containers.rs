@@ -282,6 +282,38 @@ fn container_processes_are_redirected_policed_and_attributed_to_their_pod() {
     assert_metrics_name_source(&mesh, "client", "web");
     assert_metrics_name_source(&mesh, "gclient", "web");
     assert_metrics_name_source(&mesh, "client", "web-local");
+
+    // A passthrough connection (not meshed, no egress rules on web-local): sock_ops records
+    // the pod of the connecting container too.
+    let node1 = mesh.sim.node("node1");
+    let plain = format!("{}:7000", node1.ip);
+    let mut plain_server = mesh
+        .sim
+        .spawn(
+            &node1.tools_placement(),
+            &mesh.bins.probe,
+            [
+                "http-server",
+                "--listen",
+                plain.as_str(),
+                "--reply",
+                "plain",
+            ],
+        )
+        .expect("plain server");
+    plain_server
+        .wait_for_stdout("listening", Duration::from_secs(20))
+        .expect("plain server listening");
+    let r = request_from_container(&mesh, "web-local", &plain);
+    assert_eq!(r["ok"], true, "web-local/ctr -> {plain}: {r}");
+    let local = s(&r, "local").to_string();
+    let flow = mesh
+        .wait_for_flow("node1", Duration::from_secs(10), |f| {
+            f["state"] == "closed" && f["local"] == local.as_str()
+        })
+        .expect("closed passthrough flow");
+    assert_eq!(flow["redirected"], false, "{flow}");
+    assert_eq!(flow["workload"], "default/web-local", "{flow}");
 }
 
 /// A workload cgroup inside another workload's cgroup: processes below the inner one belong

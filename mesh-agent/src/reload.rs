@@ -8,6 +8,7 @@
 //! addresses) is refused with a message saying that a restart is needed.
 
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -21,6 +22,9 @@ use crate::{
     runtime::Shared,
     state::State,
 };
+
+/// The link the kubelet swaps to update every file of a mounted ConfigMap at once.
+const KUBELET_DATA_LINK: &str = "..data";
 
 /// Changes closer together than this are one reload (editors write a file in steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -157,8 +161,10 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Watches the file's directory (editors and ConfigMap updates replace the file by renaming
-/// another onto it, which a watch on the file itself would miss).
+/// Watches the file's directory (editors replace the file by renaming another onto it, which a
+/// watch on the file itself would miss). A mounted ConfigMap is a symlink `config.yaml ->
+/// ..data/config.yaml`, and the kubelet updates it by renaming a new `..data` link into place:
+/// events on `..data` count as changes of the file too.
 fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let dir = path
@@ -174,10 +180,10 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommend
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        let ours = event.paths.iter().any(|p| {
+            let changed = p.file_name().map(|n| n.to_os_string());
+            changed == name || changed.as_deref() == Some(OsStr::new(KUBELET_DATA_LINK))
+        });
         if ours {
             let _ = tx.send(());
         }

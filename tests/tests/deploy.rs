@@ -238,8 +238,6 @@ fn check_rendering(dir: &str) -> Vec<Value> {
             "CustomResourceDefinition",
             "DaemonSet",
             "Namespace",
-            "Role",
-            "RoleBinding",
             "ServiceAccount",
         ]),
         "{dir}: rendered kinds"
@@ -297,45 +295,27 @@ fn check_rbac(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {
     .collect();
     assert_eq!(granted, expected, "{dir}: ClusterRole resources");
 
-    let role = one(by_kind, "Role");
-    let rules = role["rules"].as_array().expect("rules");
-    assert_eq!(rules.len(), 1, "{dir}: the Role has one rule");
-    let rule = &rules[0];
-    assert_eq!(strings(&rule["apiGroups"]), [""], "{dir}: Role apiGroups");
-    assert_eq!(
-        strings(&rule["resources"]),
-        ["secrets"],
-        "{dir}: Role resources"
-    );
-    assert_eq!(
-        strings(&rule["resourceNames"]),
-        ["mesh-ca"],
-        "{dir}: Role resourceNames"
-    );
+    // No access to Secrets at all: the CA comes from the mesh-ca Secret mounted as a volume.
     assert!(
-        set(strings(&rule["verbs"])).is_subset(&read_only),
-        "{dir}: Role verbs {}",
-        rule["verbs"]
+        !by_kind.contains_key("Role") && !by_kind.contains_key("RoleBinding"),
+        "{dir}: no namespaced Role needed"
     );
 
     let account = one(by_kind, "ServiceAccount");
-    for (binding, role_kind, role_name) in [
-        (
-            "ClusterRoleBinding",
-            "ClusterRole",
-            &cluster_role["metadata"]["name"],
-        ),
-        ("RoleBinding", "Role", &role["metadata"]["name"]),
-    ] {
-        let binding = one(by_kind, binding);
-        assert_eq!(binding["roleRef"]["kind"], role_kind, "{dir}: {binding}");
-        assert_eq!(&binding["roleRef"]["name"], role_name, "{dir}: {binding}");
-        let subjects = binding["subjects"].as_array().expect("subjects");
-        assert_eq!(subjects.len(), 1, "{dir}: {binding}");
-        assert_eq!(subjects[0]["kind"], "ServiceAccount");
-        assert_eq!(subjects[0]["name"], account["metadata"]["name"]);
-        assert_eq!(subjects[0]["namespace"], account["metadata"]["namespace"]);
-    }
+    let binding = one(by_kind, "ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"]["kind"], "ClusterRole",
+        "{dir}: {binding}"
+    );
+    assert_eq!(
+        binding["roleRef"]["name"], cluster_role["metadata"]["name"],
+        "{dir}: {binding}"
+    );
+    let subjects = binding["subjects"].as_array().expect("subjects");
+    assert_eq!(subjects.len(), 1, "{dir}: {binding}");
+    assert_eq!(subjects[0]["kind"], "ServiceAccount");
+    assert_eq!(subjects[0]["name"], account["metadata"]["name"]);
+    assert_eq!(subjects[0]["namespace"], account["metadata"]["namespace"]);
 }
 
 fn check_daemonset(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {

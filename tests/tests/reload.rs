@@ -266,4 +266,46 @@ fn reload_adds_a_service_and_tightens_policy_without_touching_a_running_transfer
         has_listener(&mesh)
     });
     assert_eq!(connect(&mesh, &web_local)["reply"], "ping");
+
+    // A mounted ConfigMap: node1.yaml -> ..data/node1.yaml, ..data -> ..v1; the kubelet
+    // updates it by renaming a new ..data link over the old one.
+    let dir = mesh.sim.dir();
+    let version = |name: &str, spec: &MeshSpec| {
+        std::fs::create_dir_all(dir.join(name)).expect("version dir");
+        std::fs::write(
+            dir.join(name).join("node1.yaml"),
+            mesh.render_config("node1", spec),
+        )
+        .expect("version file");
+    };
+    let swap_data_link = |target: &str| {
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).expect("symlink");
+        std::fs::rename(&tmp, dir.join("..data")).expect("rename ..data");
+    };
+    version("..v1", &full);
+    swap_data_link("..v1");
+    let link = dir.join(".node1.yaml.link");
+    std::os::unix::fs::symlink("..data/node1.yaml", &link).expect("symlink");
+    let (ok_before, _, _) = reloads(&mesh, "node1");
+    std::fs::rename(&link, dir.join("node1.yaml")).expect("rename link");
+    within(
+        Duration::from_secs(2),
+        "the reload of the linked file",
+        || reloads(&mesh, "node1").0 > ok_before,
+    );
+    let (ok_before, _, _) = reloads(&mesh, "node1");
+    version("..v2", &after);
+    swap_data_link("..v2");
+    within(
+        Duration::from_secs(2),
+        "the reload after the ..data swap",
+        || reloads(&mesh, "node1").0 > ok_before,
+    );
+    assert_eq!(
+        connect(&mesh, &web_local)["errno"].as_i64(),
+        Some(EPERM),
+        "the ConfigMap's new version (tight policy) is in force"
+    );
 }

@@ -40,6 +40,29 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
     Ok(listener)
 }
 
+/// The addresses of the interfaces inside the network namespace at `netns`.
+pub fn addresses_in(netns: &Path) -> Result<Vec<std::net::IpAddr>> {
+    let file = File::open(netns)
+        .with_context(|| format!("cannot open network namespace {}", netns.display()))?;
+    let label = netns.display().to_string();
+    std::thread::spawn(move || -> Result<Vec<std::net::IpAddr>> {
+        setns(&file, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot enter network namespace {label}"))?;
+        let addresses = nix::ifaddrs::getifaddrs()
+            .with_context(|| format!("cannot list the addresses in {label}"))?
+            .filter_map(|ifa| ifa.address)
+            .filter_map(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+            })
+            .collect();
+        Ok(addresses)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
 /// The inode number of a network namespace file (`/run/netns/x`, `/proc/<pid>/ns/net`): the
 /// namespace's identity, whatever path names it.
 pub fn namespace_inode(path: &Path) -> Result<u64> {

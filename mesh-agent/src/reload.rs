@@ -65,6 +65,7 @@ pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let current = shared.state();
     refuse_restart_only_changes(&current.config, &config)?;
+    let authorization_changed = current.config.authorization != config.authorization;
     let state = State::build(config, Some(&current))?;
     if let Some(w) = state
         .workloads
@@ -108,6 +109,13 @@ pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
         task.abort();
     }
     synced?;
+    if authorization_changed {
+        let dropped = shared.upstreams.clear();
+        tracing::debug!(
+            dropped,
+            "authorization changed: pooled upstream connections dropped"
+        );
+    }
     shared.telemetry.apply(&telemetry);
     shared.identity.retain(&ids);
     Ok(format!(

@@ -38,6 +38,7 @@ use crate::{
     config::{Config, PortProtocol, Protocol},
     identity::SpiffeId,
     metrics::{http::RequestMeter, labels::Peer},
+    policy::authz,
     proxy::{
         inbound::{Refusal, open_local},
         tunnel::{CONNECTION_WINDOW, STREAM_WINDOW},
@@ -172,6 +173,11 @@ impl Local {
             let mut r = local_reply(ResponseFlag::NoRoute, grpc);
             *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             r
+        } else if !self.allowed_now() {
+            // The stream was authorized when it opened, but the source agent pools it for many
+            // client connections: each request is judged by the policies in force now, so a
+            // tightened policy applies to new requests at once.
+            local_reply(ResponseFlag::RbacDenied, grpc)
         } else {
             let upgrade = headers::upgrade_protocol(&parts);
             let client_upgrade = upgrade
@@ -204,6 +210,31 @@ impl Local {
             }
         };
         Ok(meter.finish(d.shared.clone(), d.source.clone(), response))
+    }
+
+    /// Whether the tunnel peer may still reach the workload port under the running policies.
+    fn allowed_now(&self) -> bool {
+        let d = &self.delivery;
+        let state = d.shared.state();
+        let Some(workload) = state.workload_by_ip(d.target.ip()) else {
+            return false;
+        };
+        let decision = authz::evaluate(
+            &state.config.authorization,
+            workload,
+            &authz::Request {
+                peer: &d.identity,
+                port: d.target.port(),
+            },
+        );
+        if !decision.allowed() {
+            d.shared
+                .inbound_stats
+                .authz_denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(peer = %d.identity, target = %d.target, ?decision, "request denied on a pooled stream");
+        }
+        decision.allowed()
     }
 
     /// The workload's answer for the client: hop-by-hop headers off, except on a 101, whose

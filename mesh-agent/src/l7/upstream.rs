@@ -131,6 +131,18 @@ pub struct Source<'a> {
 }
 
 impl UpstreamPool {
+    /// Forgets every pooled connection (requests in flight finish on theirs): after an
+    /// authorization change, new requests then open new tunnel streams, which the destination
+    /// authorizes under the new policies. Returns how many were dropped.
+    pub fn clear(&self) -> usize {
+        let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        let dropped = h1.values().map(Vec::len).sum::<usize>() + h2.len();
+        h1.clear();
+        h2.clear();
+        dropped
+    }
+
     /// Sends one request to `upstream` and returns the response head (the body streams).
     pub async fn send(
         &self,

@@ -34,7 +34,7 @@ fn base_lines() -> u64 {
     BASE.lines().count() as u64
 }
 
-fn parse_rest(rest: &str) -> Result<Config, ConfigError> {
+fn parse_rest(rest: &str) -> Result<Config, ConfigErrors> {
     parse(&format!("{BASE}{rest}"), "test.yaml", PathChecks::Skipped)
 }
 
@@ -43,7 +43,7 @@ fn ok(rest: &str) -> Config {
     parse_rest(rest).unwrap_or_else(|e| panic!("{e}\n{rest}"))
 }
 
-fn error(rest: &str) -> ConfigError {
+fn error(rest: &str) -> ConfigErrors {
     match parse_rest(rest) {
         Ok(cfg) => panic!("expected an error, got {cfg:?}\n{rest}"),
         Err(e) => e,

@@ -622,56 +622,61 @@ impl Checker<'_> {
         seen: &mut HashMap<(String, String), u64>,
         services: &[Service],
     ) -> Result<RouteHead, ConfigError> {
+        let before = self.errors_so_far();
         let name = raw.name.value.clone();
         if !is_dns_subdomain(&name, 253) {
-            return Err(self.err(
+            self.keep::<()>(Err(self.err(
                 raw.name.referenced,
                 format!(
                     "invalid {} name {}: use 1 to 253 characters among a-z, 0-9, '-' and '.', starting and ending with a letter or digit",
                     kind.name(),
                     quote(&name)
                 ),
-            ));
+            )));
         }
         let namespace = self.namespace(raw.namespace.as_ref())?;
-        if let Some(first) = seen.insert((namespace.clone(), name.clone()), line_of(&raw.name)) {
-            return Err(self.err(
+        if self.errors_so_far() == before
+            && let Some(first) = seen.insert((namespace.clone(), name.clone()), line_of(&raw.name))
+        {
+            self.keep::<()>(Err(self.err(
                 raw.name.referenced,
                 format!(
                     "duplicate {} {} (first defined at line {first})",
                     kind.name(),
                     quote(&format!("{namespace}/{name}"))
                 ),
-            ));
+            )));
         }
         let spec = &raw.spec.value;
-        let Some(parents) = &spec.parent_refs else {
-            return Err(self.err(
+        // Parents and hostnames are independent: both are checked.
+        let parent_refs = match &spec.parent_refs {
+            None => Err(self.err(
                 raw.spec.referenced,
                 "`parentRefs` is required: attach the route to at least one Service".to_owned(),
-            ));
-        };
-        if parents.value.is_empty() {
-            return Err(self.err(
+            )),
+            Some(parents) if parents.value.is_empty() => Err(self.err(
                 parents.referenced,
                 "`parentRefs` is empty: attach the route to at least one Service".to_owned(),
-            ));
-        }
-        // Parents and hostnames are independent: both are checked.
-        let parent_refs = self
-            .at_most(&parents.value, MAX_PARENT_REFS, "parentRefs", "route")
-            .and_then(|()| {
-                self.each(
-                    parents
-                        .value
-                        .iter()
-                        .map(|p| self.parent_ref(p, &namespace, services)),
-                )
-            });
+            )),
+            Some(parents) => self
+                .at_most(&parents.value, MAX_PARENT_REFS, "parentRefs", "route")
+                .and_then(|()| {
+                    self.each(
+                        parents
+                            .value
+                            .iter()
+                            .map(|p| self.parent_ref(p, &namespace, services)),
+                    )
+                }),
+        };
         let hostnames = self
             .at_most(&spec.hostnames, MAX_HOSTNAMES, "hostnames", "route")
             .and_then(|()| self.each(spec.hostnames.iter().map(|h| self.hostname(h, true))));
-        match (self.keep(parent_refs), self.keep(hostnames)) {
+        let (parent_refs, hostnames) = (self.keep(parent_refs), self.keep(hostnames));
+        if self.errors_so_far() != before {
+            return Err(self.reported());
+        }
+        match (parent_refs, hostnames) {
             (Some(parent_refs), Some(hostnames)) => Ok(RouteHead {
                 name,
                 namespace,

@@ -672,11 +672,12 @@ fn parse(text: &str, origin: &str, checks: PathChecks) -> Result<Config, ConfigE
         Shape::Scalar => Some("found a single value"),
     };
     if let Some(found) = found {
-        return Err(ConfigErrors::stopped(ConfigError::at(
+        // Not "stopped early": with no mapping there is nothing else to check.
+        return Err(ConfigErrors::checked(vec![ConfigError::at(
             origin,
             shape.referenced,
             format!("{found}; expected a mapping with a `node` section at the top level"),
-        )));
+        )]));
     }
 
     // Serde stops at the first structural error (unknown key, wrong type):

@@ -505,6 +505,15 @@ impl ConfigErrors {
         &self.errors[0]
     }
 
+    /// The first error, for callers that report one reason per object
+    /// (e.g. an object read from an API, rejected alone).
+    pub fn into_first(self) -> ConfigError {
+        self.errors
+            .into_iter()
+            .next()
+            .expect("ConfigErrors is never empty")
+    }
+
     /// All errors, sorted by position.
     pub fn all(&self) -> &[ConfigError] {
         &self.errors
@@ -3885,6 +3894,7 @@ telemetry:
         assert_eq!((err.line(), err.column()), (Some(2), Some(9)));
         assert!(err.reason().starts_with("invalid node name"));
         assert_eq!(err.file(), "test.yaml");
+        assert_eq!(err.into_first().line(), Some(2));
     }
 
     /// A mistake in something other parts refer to is reported once, not

@@ -139,7 +139,8 @@ pub enum DebugCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
-    /// Validate a config file; prints the error with file, line and column.
+    /// Validate a config file; prints every error as FILE:LINE:COLUMN: reason, in file order
+    /// (a YAML syntax error, unknown key or wrong value type stops the check there).
     Check { file: PathBuf },
     /// Print the embedded default config.
     Default,

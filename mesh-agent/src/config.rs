@@ -13,7 +13,8 @@
 //! longer than 32" instead of "invalid IP address syntax"), and lets a bare IP
 //! stand for a host route in `to:` / `from:`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -458,6 +459,117 @@ impl ConfigError {
     }
 }
 
+/// Every error found in one configuration, sorted by position; never empty.
+///
+/// The semantic checks (values, references, duplicates, paths) go on after an
+/// error, so one run of `config check` lists them all. A structural error (YAML
+/// syntax, an unknown key, a value of the wrong type, invalid UTF-8, an
+/// unreadable file) stops parsing: it is then the only error, and
+/// [`ConfigErrors::stopped_early`] says that the rest of the file was not
+/// checked.
+///
+/// Display is one error per line, each as [`ConfigError`] shows it, so a
+/// single error reads exactly like a [`ConfigError`]. `file`, `line`,
+/// `column` and `reason` are those of the first error.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+    stopped_early: bool,
+}
+
+// Like ConfigError's accessors: for callers that present errors their own way.
+#[allow(dead_code)]
+impl ConfigErrors {
+    /// Errors from the semantic checks, sorted by position (errors without a
+    /// position last), with exact repeats removed. `errors` must not be empty.
+    fn checked(mut errors: Vec<ConfigError>) -> Self {
+        debug_assert!(!errors.is_empty());
+        errors.sort_by_key(|e| (e.line().is_none(), e.line(), e.column()));
+        errors.dedup_by(|a, b| a.to_string() == b.to_string());
+        Self {
+            errors,
+            stopped_early: false,
+        }
+    }
+
+    /// A structural error after which nothing else was checked.
+    fn stopped(error: ConfigError) -> Self {
+        Self {
+            errors: vec![error],
+            stopped_early: true,
+        }
+    }
+
+    /// The first error (by position).
+    pub fn first(&self) -> &ConfigError {
+        &self.errors[0]
+    }
+
+    /// The first error, for callers that report one reason per object
+    /// (e.g. an object read from an API, rejected alone).
+    pub fn into_first(self) -> ConfigError {
+        self.errors
+            .into_iter()
+            .next()
+            .expect("ConfigErrors is never empty")
+    }
+
+    /// All errors, sorted by position.
+    pub fn all(&self) -> &[ConfigError] {
+        &self.errors
+    }
+
+    /// How many errors there are (at least one).
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Always false; there for the `len` lint.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Whether checking stopped at a structural error (YAML syntax, unknown
+    /// key, wrong type, unreadable file), so that fixing it may reveal more.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
+    }
+
+    /// The file of the first error.
+    pub fn file(&self) -> &str {
+        self.first().file()
+    }
+
+    /// The line of the first error.
+    pub fn line(&self) -> Option<u64> {
+        self.first().line()
+    }
+
+    /// The column of the first error.
+    pub fn column(&self) -> Option<u64> {
+        self.first().column()
+    }
+
+    /// The reason of the first error.
+    pub fn reason(&self) -> &str {
+        self.first().reason()
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 /// Strips the alias and snippet wrappers that only add rendering context.
 fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
     while let serde_saphyr::Error::AliasError { error, .. }
@@ -470,24 +582,31 @@ fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
 
 /// Reads, parses and validates the configuration file at `path`, including
 /// that the cgroup and netns paths it names exist.
-pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::read(path, e))?;
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ConfigErrors::stopped(ConfigError::read(path, e)))?;
     let origin = path.display().to_string();
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
-        Err(e) => return Err(not_utf8(&origin, &bytes, e.valid_up_to())),
+        Err(e) => {
+            return Err(ConfigErrors::stopped(not_utf8(
+                &origin,
+                &bytes,
+                e.valid_up_to(),
+            )));
+        }
     };
     parse(text, &origin, PathChecks::Enabled)
 }
 
 /// Same as [`load_file`]; the entry point of the `config check` command.
-pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+pub fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
     load_file(path)
 }
 
 /// Parses and validates `text`; `origin` names the source in messages.
 /// Paths named by the configuration must exist, as for [`load_file`].
-pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     parse(text, origin, PathChecks::Enabled)
 }
 
@@ -541,7 +660,7 @@ enum PathChecks {
     Skipped,
 }
 
-fn parse(text: &str, origin: &str, checks: PathChecks) -> Result<Config, ConfigError> {
+fn parse(text: &str, origin: &str, checks: PathChecks) -> Result<Config, ConfigErrors> {
     let mut options = serde_saphyr::Options::default();
     // Snippets are rendered by the library's own Display, which we do not
     // use; skip the work of capturing them.
@@ -554,7 +673,7 @@ fn parse(text: &str, origin: &str, checks: PathChecks) -> Result<Config, ConfigE
     // message that says what was expected instead of "expected mapping
     // start" or "unexpected end of file".
     let shape: Spanned<Shape> = serde_saphyr::from_str_with_options(text, options.clone())
-        .map_err(|e| ConfigError::from_yaml(origin, &e))?;
+        .map_err(|e| ConfigErrors::stopped(ConfigError::from_yaml(origin, &e)))?;
     let found = match shape.value {
         Shape::Mapping => None,
         Shape::Empty => Some("the file is empty"),
@@ -562,16 +681,22 @@ fn parse(text: &str, origin: &str, checks: PathChecks) -> Result<Config, ConfigE
         Shape::Scalar => Some("found a single value"),
     };
     if let Some(found) = found {
-        return Err(ConfigError::at(
+        // Not "stopped early": with no mapping there is nothing else to check.
+        return Err(ConfigErrors::checked(vec![ConfigError::at(
             origin,
             shape.referenced,
             format!("{found}; expected a mapping with a `node` section at the top level"),
-        ));
+        )]));
     }
 
+    // Serde stops at the first structural error (unknown key, wrong type):
+    // the typed tree cannot be built around it. The checks on the typed tree
+    // collect every error instead.
     let raw: RawConfig = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|e| ConfigError::from_yaml(origin, &e))?;
-    Checker { origin, checks }.config(raw)
+        .map_err(|e| ConfigErrors::stopped(ConfigError::from_yaml(origin, &e)))?;
+    let checker = Checker::new(origin, checks);
+    let config = checker.config(raw);
+    checker.finish(config)
 }
 
 /// Reports invalid UTF-8 at the line and column where it starts.
@@ -962,9 +1087,52 @@ struct RawOperation {
 // ---------------------------------------------------------------------------
 // Validation and conversion.
 
+/// Checks the raw tree and converts it, collecting every error.
+///
+/// How errors are collected: check methods return `Result<T, ConfigError>`
+/// for one value. Where the parts of the file are independent (list
+/// elements, sections, the fields of an object) the caller records an error
+/// with [`Checker::keep`] and goes on with the next part; a list checked
+/// with [`Checker::each`] records the error of every element. Anything that
+/// depends on a part that failed is not checked against it (a route on a
+/// broken service, a peer node compared with a broken `node:`), so that one
+/// mistake gives one message. [`Checker::finish`] returns them all.
 struct Checker<'a> {
     origin: &'a str,
     checks: PathChecks,
+    /// Errors recorded so far.
+    found: RefCell<Vec<ConfigError>>,
+    /// `namespace/name` of services whose definition has an error: references
+    /// to them are not reported as undefined.
+    broken_services: RefCell<HashSet<String>>,
+}
+
+/// The reason of [`Checker::reported`]: never shown, as `keep` drops it.
+const ALREADY_REPORTED: &str = "(see the errors reported before)";
+
+impl<'a> Checker<'a> {
+    fn new(origin: &'a str, checks: PathChecks) -> Self {
+        Self {
+            origin,
+            checks,
+            found: RefCell::default(),
+            broken_services: RefCell::default(),
+        }
+    }
+
+    /// Every recorded error, plus `result`'s own, or the checked value.
+    fn finish<T>(&self, result: Result<T, ConfigError>) -> Result<T, ConfigErrors> {
+        let last = self.keep(result);
+        let found = self.found.take();
+        match last {
+            Some(value) if found.is_empty() => Ok(value),
+            _ if found.is_empty() => Err(ConfigErrors::checked(vec![ConfigError::Unlocated {
+                file: self.origin.to_owned(),
+                reason: "invalid configuration".to_owned(),
+            }])),
+            _ => Err(ConfigErrors::checked(found)),
+        }
+    }
 }
 
 impl Checker<'_> {
@@ -972,25 +1140,87 @@ impl Checker<'_> {
         ConfigError::at(self.origin, loc, reason)
     }
 
+    /// Records the error of `result`, if any, and goes on.
+    fn keep<T>(&self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                if e.reason() != ALREADY_REPORTED {
+                    self.found.borrow_mut().push(e);
+                }
+                None
+            }
+        }
+    }
+
+    /// The error of a part whose own errors are already recorded: it stops
+    /// that part without a second message.
+    fn reported(&self) -> ConfigError {
+        ConfigError::Unlocated {
+            file: self.origin.to_owned(),
+            reason: ALREADY_REPORTED.to_owned(),
+        }
+    }
+
+    /// Checks every element, recording each error; fails (with nothing more
+    /// to report) if any did.
+    fn each<I, T>(&self, items: I) -> Result<Vec<T>, ConfigError>
+    where
+        I: IntoIterator<Item = Result<T, ConfigError>>,
+    {
+        let mut out = Vec::new();
+        let mut failed = false;
+        for item in items {
+            match self.keep(item) {
+                Some(value) => out.push(value),
+                None => failed = true,
+            }
+        }
+        if failed {
+            Err(self.reported())
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// How many errors are recorded: comparing counts tells whether a part
+    /// checked with `keep` had errors.
+    fn errors_so_far(&self) -> usize {
+        self.found.borrow().len()
+    }
+
+    /// Checks every section. Sections are independent except where noted, so
+    /// an error in one does not stop the others from being checked.
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let before = self.errors_so_far();
         let node = self.node(raw.node)?;
-        let nodes = self.peer_nodes(raw.nodes, &node)?;
+        // Comparisons with this node's ports and address mean nothing when
+        // `node:` itself is wrong.
+        let node_ok = self.errors_so_far() == before;
+        // Endpoints may name any listed node, even one with an error of its own.
+        let node_names: Vec<String> = std::iter::once(node.name.clone())
+            .chain(raw.nodes.iter().map(|n| n.name.value.clone()))
+            .collect();
+        let nodes = self.peer_nodes(raw.nodes, node_ok.then_some(&node))?;
         let identity = match raw.identity {
-            Some(identity) => self.identity(identity)?,
-            None => IdentityConfig::default(),
+            Some(identity) => self.keep(self.identity(identity)),
+            None => Some(IdentityConfig::default()),
         };
         let workloads = self.workloads(raw.workloads)?;
-        let services = self.services(raw.services, &node, &nodes)?;
+        let services = self.services(raw.services, &node_names)?;
         let authorization = self.policies(raw.authorization)?;
         let http = match &raw.http {
-            Some(http) => self.http_settings(http)?,
-            None => HttpSettings::default(),
+            Some(http) => self.keep(self.http_settings(http)),
+            None => Some(HttpSettings::default()),
         };
         let http_routes = self.http_routes(&raw.http_routes, &services)?;
         let grpc_routes = self.grpc_routes(&raw.grpc_routes, &services)?;
         let telemetry = match &raw.telemetry {
-            Some(t) => self.telemetry(t, &node)?,
-            None => TelemetrySettings::default(),
+            Some(t) => self.keep(self.telemetry(t, node_ok.then_some(&node))),
+            None => Some(TelemetrySettings::default()),
+        };
+        let (Some(identity), Some(http), Some(telemetry)) = (identity, http, telemetry) else {
+            return Err(self.reported());
         };
         Ok(Config {
             node,
@@ -1006,45 +1236,51 @@ impl Checker<'_> {
         })
     }
 
+    /// Records an error for every bad field and returns the node with the
+    /// default in place of each bad value (the errors fail the whole check).
     fn node(&self, raw: RawNode) -> Result<NodeConfig, ConfigError> {
         let name = raw.name.value.clone();
         if !is_node_name(&name) {
-            return Err(self.err(
+            self.keep::<()>(Err(self.err(
                 raw.name.referenced,
                 format!(
                     "invalid node name {}: use 1 to 63 characters among a-z, 0-9 and '-'",
                     quote(&name)
                 ),
-            ));
+            )));
         }
-        let cgroup = self.cgroup_dir(&raw.cgroup)?;
+        let cgroup = self.keep(self.cgroup_dir(&raw.cgroup)).unwrap_or_default();
         let bpffs = match &raw.bpffs {
-            Some(p) => self.absolute(p, "bpffs")?,
-            None => PathBuf::from(DEFAULT_BPFFS),
+            Some(p) => self.keep(self.absolute(p, "bpffs")),
+            None => None,
         };
         let outbound_port = match &raw.outbound_port {
-            Some(p) => self.port(p)?,
-            None => DEFAULT_OUTBOUND_PORT,
+            Some(p) => self.keep(self.port(p)),
+            None => Some(DEFAULT_OUTBOUND_PORT),
         };
         let admin = match &raw.admin {
-            Some(a) => self.admin(a)?,
-            None => DEFAULT_ADMIN,
+            Some(a) => self.keep(self.admin(a)),
+            None => Some(DEFAULT_ADMIN),
         };
         let address = match &raw.address {
-            Some(a) => Some(self.node_address(a)?),
+            Some(a) => self.keep(self.node_address(a)),
             None => None,
         };
         let tunnel_port = match &raw.tunnel_port {
-            Some(p) => self.port(p)?,
-            None => DEFAULT_TUNNEL_PORT,
+            Some(p) => self.keep(self.port(p)),
+            None => Some(DEFAULT_TUNNEL_PORT),
         };
         // The tunnel listener binds every address, so it would collide with
-        // the other listeners of the agent on the same port.
+        // the other listeners of the agent on the same port. Only ports that
+        // are valid themselves are compared.
         let clashes = [
             ("outbound_port", outbound_port, raw.outbound_port.as_ref()),
-            ("admin", admin.port(), raw.admin.as_ref()),
+            ("admin", admin.map(|a| a.port()), raw.admin.as_ref()),
         ];
         for (key, port, other) in clashes {
+            let (Some(port), Some(tunnel_port)) = (port, tunnel_port) else {
+                continue;
+            };
             if port != tunnel_port {
                 continue;
             }
@@ -1066,17 +1302,19 @@ impl Checker<'_> {
                     format!("tunnel_port {tunnel_port} is also the port of `{key}`"),
                 ),
             };
-            return Err(err);
+            self.keep::<()>(Err(err));
+            // One clash is enough: with both, the tunnel port is the mistake.
+            break;
         }
         Ok(NodeConfig {
             name,
             cgroup,
-            bpffs,
-            outbound_port,
-            admin,
+            bpffs: bpffs.unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS)),
+            outbound_port: outbound_port.unwrap_or(DEFAULT_OUTBOUND_PORT),
+            admin: admin.unwrap_or(DEFAULT_ADMIN),
             fast_path: raw.fast_path.unwrap_or(false),
             address,
-            tunnel_port,
+            tunnel_port: tunnel_port.unwrap_or(DEFAULT_TUNNEL_PORT),
         })
     }
 
@@ -1092,35 +1330,51 @@ impl Checker<'_> {
         Ok(ip)
     }
 
+    /// `node` is None when `node:` has errors: then peers are not compared
+    /// with it. Each peer is checked on its own; the valid ones are returned.
     fn peer_nodes(
         &self,
         raws: Vec<RawPeerNode>,
-        node: &NodeConfig,
+        node: Option<&NodeConfig>,
     ) -> Result<Vec<PeerNode>, ConfigError> {
         let mut names: HashMap<String, u64> = HashMap::new();
         let mut addresses: HashMap<IpAddr, (String, u64)> = HashMap::new();
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let name = raw.name.value.clone();
-            if !is_node_name(&name) {
-                return Err(self.err(
-                    raw.name.referenced,
-                    format!(
-                        "invalid node name {}: use 1 to 63 characters among a-z, 0-9 and '-'",
-                        quote(&name)
-                    ),
-                ));
-            }
-            if let Some(first) = names.insert(name.clone(), line_of(&raw.name)) {
-                return Err(self.err(
-                    raw.name.referenced,
-                    format!(
-                        "duplicate node {} (first defined at line {first})",
-                        quote(&name)
-                    ),
-                ));
-            }
-            let address = self.node_address(&raw.address)?;
+            let peer = self.peer_node(&raw, node, &mut names, &mut addresses);
+            out.extend(self.keep(peer));
+        }
+        Ok(out)
+    }
+
+    fn peer_node(
+        &self,
+        raw: &RawPeerNode,
+        node: Option<&NodeConfig>,
+        names: &mut HashMap<String, u64>,
+        addresses: &mut HashMap<IpAddr, (String, u64)>,
+    ) -> Result<PeerNode, ConfigError> {
+        let name = raw.name.value.clone();
+        if !is_node_name(&name) {
+            return Err(self.err(
+                raw.name.referenced,
+                format!(
+                    "invalid node name {}: use 1 to 63 characters among a-z, 0-9 and '-'",
+                    quote(&name)
+                ),
+            ));
+        }
+        if let Some(first) = names.insert(name.clone(), line_of(&raw.name)) {
+            return Err(self.err(
+                raw.name.referenced,
+                format!(
+                    "duplicate node {} (first defined at line {first})",
+                    quote(&name)
+                ),
+            ));
+        }
+        let address = self.node_address(&raw.address)?;
+        if let Some(node) = node {
             // Listing this node is allowed, so that every node can share one
             // list, but only with this node's own address: anything else
             // would send this node's endpoints somewhere else.
@@ -1146,47 +1400,54 @@ impl Checker<'_> {
                     ),
                 ));
             }
-            if let Some((other, line)) = addresses.get(&address) {
-                return Err(self.err(
-                    raw.address.referenced,
-                    format!(
-                        "address {address} is already used by node {} (line {line})",
-                        quote(other)
-                    ),
-                ));
-            }
-            addresses.insert(address, (name.clone(), line_of(&raw.address)));
-            out.push(PeerNode { name, address });
         }
-        Ok(out)
+        if let Some((other, line)) = addresses.get(&address) {
+            return Err(self.err(
+                raw.address.referenced,
+                format!(
+                    "address {address} is already used by node {} (line {line})",
+                    quote(other)
+                ),
+            ));
+        }
+        addresses.insert(address, (name.clone(), line_of(&raw.address)));
+        Ok(PeerNode { name, address })
     }
 
     fn identity(&self, raw: RawIdentity) -> Result<IdentityConfig, ConfigError> {
+        // The fields are independent: each is checked even if another failed.
         let trust_domain = match &raw.trust_domain {
-            Some(td) => self.trust_domain(td)?,
-            None => DEFAULT_TRUST_DOMAIN.to_owned(),
+            Some(td) => self.keep(self.trust_domain(td)),
+            None => Some(DEFAULT_TRUST_DOMAIN.to_owned()),
         };
         let ca = match &raw.ca {
-            Some(ca) => self.ca(ca)?,
-            None => CaSource::Generate {
+            Some(ca) => self.keep(self.ca(ca)),
+            None => Some(CaSource::Generate {
                 dir: PathBuf::from(DEFAULT_CA_DIR),
-            },
+            }),
         };
-        let trust_bundle = raw
-            .trust_bundle
-            .iter()
-            .map(|p| self.pem_file(p, "trust_bundle"))
-            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let trust_bundle = self.keep(
+            self.each(
+                raw.trust_bundle
+                    .iter()
+                    .map(|p| self.pem_file(p, "trust_bundle")),
+            ),
+        );
         let cert_lifetime = match &raw.cert_lifetime {
-            Some(l) => self.cert_lifetime(l)?,
-            None => DEFAULT_CERT_LIFETIME,
+            Some(l) => self.keep(self.cert_lifetime(l)),
+            None => Some(DEFAULT_CERT_LIFETIME),
         };
-        Ok(IdentityConfig {
-            trust_domain,
-            ca,
-            trust_bundle,
-            cert_lifetime,
-        })
+        match (trust_domain, ca, trust_bundle, cert_lifetime) {
+            (Some(trust_domain), Some(ca), Some(trust_bundle), Some(cert_lifetime)) => {
+                Ok(IdentityConfig {
+                    trust_domain,
+                    ca,
+                    trust_bundle,
+                    cert_lifetime,
+                })
+            }
+            _ => Err(self.reported()),
+        }
     }
 
     fn trust_domain(&self, raw: &Text) -> Result<String, ConfigError> {
@@ -1225,10 +1486,14 @@ impl Checker<'_> {
                 }
                 Ok(CaSource::Generate { dir: path })
             }
-            (None, Some(cert), Some(key)) => Ok(CaSource::Files {
-                cert: self.pem_file(cert, "ca.cert")?,
-                key: self.pem_file(key, "ca.key")?,
-            }),
+            (None, Some(cert), Some(key)) => {
+                let cert = self.keep(self.pem_file(cert, "ca.cert"));
+                let key = self.keep(self.pem_file(key, "ca.key"));
+                match (cert, key) {
+                    (Some(cert), Some(key)) => Ok(CaSource::Files { cert, key }),
+                    _ => Err(self.reported()),
+                }
+            }
             (Some(_), Some(other), _) | (Some(_), None, Some(other)) => Err(self.err(
                 other.referenced,
                 "`ca` takes either `dir` (a CA generated by the agent) or `cert` and `key` (a CA you provide), not both".to_owned(),
@@ -1316,118 +1581,146 @@ impl Checker<'_> {
         Ok(addr)
     }
 
+    /// Each workload is checked on its own; the valid ones are returned.
     fn workloads(&self, raws: Vec<RawWorkload>) -> Result<Vec<Workload>, ConfigError> {
-        // Each map remembers the first definition, for "first defined at".
-        let mut names: HashMap<(String, String), u64> = HashMap::new();
-        let mut cgroups: HashMap<PathBuf, (String, u64)> = HashMap::new();
-        let mut ips: HashMap<IpAddr, (String, u64)> = HashMap::new();
+        let mut seen = SeenWorkloads::default();
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let name = self.object_name(&raw.name, "workload name")?;
-            let namespace = self.namespace(raw.namespace.as_ref())?;
-            let id = format!("{namespace}/{name}");
-            if let Some(first) = names.insert((namespace.clone(), name.clone()), line_of(&raw.name))
-            {
-                return Err(self.err(
-                    raw.name.referenced,
-                    format!(
-                        "duplicate workload {} (first defined at line {first})",
-                        quote(&id)
-                    ),
-                ));
-            }
+            let workload = self.workload(raw, &mut seen);
+            out.extend(self.keep(workload));
+        }
+        Ok(out)
+    }
 
-            let cgroup = self.cgroup_dir(&raw.cgroup)?;
+    /// One workload; its fields are independent, so each bad one is reported.
+    fn workload(
+        &self,
+        raw: RawWorkload,
+        seen: &mut SeenWorkloads,
+    ) -> Result<Workload, ConfigError> {
+        let before = self.errors_so_far();
+        let name = self.keep(self.object_name(&raw.name, "workload name"));
+        let namespace = self.keep(self.namespace(raw.namespace.as_ref()));
+        // The id names this workload in other workloads' messages.
+        let id = format!(
+            "{}/{}",
+            namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            raw.name.value
+        );
+        if let (Some(name), Some(namespace)) = (&name, &namespace)
+            && let Some(first) = seen
+                .names
+                .insert((namespace.clone(), name.clone()), line_of(&raw.name))
+        {
+            self.keep::<()>(Err(self.err(
+                raw.name.referenced,
+                format!(
+                    "duplicate workload {} (first defined at line {first})",
+                    quote(&id)
+                ),
+            )));
+        }
+
+        let cgroup = self.keep(self.cgroup_dir(&raw.cgroup));
+        if let Some(cgroup) = &cgroup {
             // Two workloads on one cgroup would make per-workload policy
             // ambiguous: the programs cannot tell their sockets apart.
-            if let Some((other, line)) = cgroups.get(&cgroup) {
-                return Err(self.err(
+            if let Some((other, line)) = seen.cgroups.get(cgroup) {
+                self.keep::<()>(Err(self.err(
                     raw.cgroup.referenced,
                     format!(
                         "cgroup path {} is already used by workload {} (line {line})",
                         clean(&cgroup.display().to_string()),
                         quote(other)
                     ),
+                )));
+            } else {
+                seen.cgroups
+                    .insert(cgroup.clone(), (id.clone(), line_of(&raw.cgroup)));
+            }
+        }
+
+        let netns = match &raw.netns {
+            Some(p) => self.keep(self.netns_file(p)),
+            None => None,
+        };
+
+        let ips = self.each(raw.ips.iter().map(|raw_ip| {
+            let ip = self.ip(raw_ip)?;
+            // Ingress policy is looked up by destination IP; an IP owned
+            // by two workloads would apply one of them arbitrarily.
+            if let Some((other, line)) = seen.ips.get(&ip) {
+                return Err(self.err(
+                    raw_ip.referenced,
+                    format!(
+                        "IP {ip} is already assigned to workload {} (line {line})",
+                        quote(other)
+                    ),
                 ));
             }
-            cgroups.insert(cgroup.clone(), (id.clone(), line_of(&raw.cgroup)));
+            seen.ips.insert(ip, (id.clone(), line_of(raw_ip)));
+            Ok(ip)
+        }));
+        let ips = self.keep(ips).unwrap_or_default();
 
-            let netns = match &raw.netns {
-                Some(p) => Some(self.netns_file(p)?),
-                None => None,
-            };
-
-            let mut workload_ips = Vec::with_capacity(raw.ips.len());
-            for raw_ip in &raw.ips {
-                let ip = self.ip(raw_ip)?;
-                // Ingress policy is looked up by destination IP; an IP owned
-                // by two workloads would apply one of them arbitrarily.
-                if let Some((other, line)) = ips.get(&ip) {
-                    return Err(self.err(
-                        raw_ip.referenced,
-                        format!(
-                            "IP {ip} is already assigned to workload {} (line {line})",
-                            quote(other)
-                        ),
-                    ));
+        let egress = match self.keep(self.rules(raw.egress, "egress")).flatten() {
+            Some(rules) => self.keep(self.each(rules.iter().map(|r| {
+                let to = self.keep(self.cidr(&r.to));
+                let ports = self.keep(self.ports(&r.ports));
+                match (to, ports) {
+                    (Some(to), Some(ports)) => Ok(EgressRule { to, ports }),
+                    _ => Err(self.reported()),
                 }
-                ips.insert(ip, (id.clone(), line_of(raw_ip)));
-                workload_ips.push(ip);
-            }
+            }))),
+            None => None,
+        };
+        let ingress = match self.keep(self.rules(raw.ingress, "ingress")).flatten() {
+            Some(rules) => self.keep(self.each(rules.iter().map(|r| {
+                let from = self.keep(self.cidr(&r.from));
+                let ports = self.keep(self.ports(&r.ports));
+                match (from, ports) {
+                    (Some(from), Some(ports)) => Ok(IngressRule { from, ports }),
+                    _ => Err(self.reported()),
+                }
+            }))),
+            None => None,
+        };
 
-            let egress = match self.rules(raw.egress, "egress")? {
-                Some(rules) => Some(
-                    rules
-                        .iter()
-                        .map(|r| {
-                            Ok(EgressRule {
-                                to: self.cidr(&r.to)?,
-                                ports: self.ports(&r.ports)?,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, ConfigError>>()?,
-                ),
-                None => None,
-            };
-            let ingress = match self.rules(raw.ingress, "ingress")? {
-                Some(rules) => Some(
-                    rules
-                        .iter()
-                        .map(|r| {
-                            Ok(IngressRule {
-                                from: self.cidr(&r.from)?,
-                                ports: self.ports(&r.ports)?,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, ConfigError>>()?,
-                ),
-                None => None,
-            };
+        let service_account = match &raw.service_account {
+            Some(sa) => self.keep(self.object_name(sa, "service account")),
+            None => Some(DEFAULT_SERVICE_ACCOUNT.to_owned()),
+        };
+        let labels = self.keep(self.labels(&raw.labels));
+        let mode = match &raw.mode {
+            Some(m) => self.keep(self.mode(m)),
+            None => Some(PeerAuthMode::default()),
+        };
 
-            let service_account = match &raw.service_account {
-                Some(sa) => self.object_name(sa, "service account")?,
-                None => DEFAULT_SERVICE_ACCOUNT.to_owned(),
-            };
-            let labels = self.labels(&raw.labels)?;
-            let mode = match &raw.mode {
-                Some(m) => self.mode(m)?,
-                None => PeerAuthMode::default(),
-            };
-
-            out.push(Workload {
+        if self.errors_so_far() != before {
+            return Err(self.reported());
+        }
+        match (name, namespace, cgroup, service_account, labels, mode) {
+            (
+                Some(name),
+                Some(namespace),
+                Some(cgroup),
+                Some(service_account),
+                Some(labels),
+                Some(mode),
+            ) => Ok(Workload {
                 name,
                 namespace,
                 cgroup,
                 netns,
-                ips: workload_ips,
+                ips,
                 egress,
                 ingress,
                 service_account,
                 labels,
                 mode,
-            });
+            }),
+            _ => Err(self.reported()),
         }
-        Ok(out)
     }
 
     /// Unwraps a policy list, rejecting a key that is present but null.
@@ -1468,8 +1761,7 @@ impl Checker<'_> {
 
     /// Kubernetes label syntax, so that labels copied from pods work as is.
     fn labels(&self, raws: &[(Text, Text)]) -> Result<BTreeMap<String, String>, ConfigError> {
-        let mut out = BTreeMap::new();
-        for (key, value) in raws {
+        let pairs = self.each(raws.iter().map(|(key, value)| {
             if let Err(why) = label_key(&key.value) {
                 return Err(self.err(
                     key.referenced,
@@ -1486,126 +1778,182 @@ impl Checker<'_> {
                     ),
                 ));
             }
-            out.insert(key.value.clone(), value.value.clone());
-        }
-        Ok(out)
+            Ok((key.value.clone(), value.value.clone()))
+        }))?;
+        Ok(pairs.into_iter().collect())
     }
 
+    /// Each service is checked on its own; the valid ones are returned, and
+    /// the ids of the others are remembered so that routes referring to them
+    /// do not report them again as undefined. `node_names` are this node
+    /// and every node listed under `nodes`.
     fn services(
         &self,
         raws: Vec<RawService>,
-        node: &NodeConfig,
-        peers: &[PeerNode],
+        node_names: &[String],
     ) -> Result<Vec<Service>, ConfigError> {
         let mut names: HashMap<(String, String), u64> = HashMap::new();
         let mut frontends: HashMap<(IpAddr, u16), (String, u64)> = HashMap::new();
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let name = self.object_name(&raw.name, "service name")?;
-            let namespace = self.namespace(raw.namespace.as_ref())?;
-            let id = format!("{namespace}/{name}");
-            if let Some(first) = names.insert((namespace.clone(), name.clone()), line_of(&raw.name))
-            {
-                return Err(self.err(
+            let namespace = raw
+                .namespace
+                .as_ref()
+                .map_or(DEFAULT_NAMESPACE, |n| n.value.as_str());
+            let id = format!("{namespace}/{}", raw.name.value);
+            // A duplicate is the second definition's mistake; the first one
+            // stays valid for the routes that refer to it.
+            if let Some(first) = names.get(&(namespace.to_owned(), raw.name.value.clone())) {
+                self.keep::<()>(Err(self.err(
                     raw.name.referenced,
                     format!(
                         "duplicate service {} (first defined at line {first})",
                         quote(&id)
                     ),
-                ));
+                )));
+                continue;
             }
-
-            let mut ports: Vec<ServicePort> = Vec::with_capacity(raw.ports.len());
-            let mut port_lines: HashMap<u16, u64> = HashMap::new();
-            for raw_port in &raw.ports {
-                let port = self.port(&raw_port.port)?;
-                if let Some(first) = port_lines.insert(port, line_of(&raw_port.port)) {
-                    return Err(self.err(
-                        raw_port.port.referenced,
-                        format!("duplicate service port {port} (first defined at line {first})"),
-                    ));
+            names.insert(
+                (namespace.to_owned(), raw.name.value.clone()),
+                line_of(&raw.name),
+            );
+            match self.service(&raw, node_names, &mut frontends) {
+                Ok(service) => out.push(service),
+                Err(e) => {
+                    self.keep::<()>(Err(e));
+                    self.broken_services.borrow_mut().insert(id);
                 }
-                let target_port = match &raw_port.target_port {
-                    Some(t) => self.port(t)?,
-                    None => port,
-                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// One service; its ports, VIPs, endpoints and settings are each checked.
+    fn service(
+        &self,
+        raw: &RawService,
+        node_names: &[String],
+        frontends: &mut HashMap<(IpAddr, u16), (String, u64)>,
+    ) -> Result<Service, ConfigError> {
+        let before = self.errors_so_far();
+        let name = self.keep(self.object_name(&raw.name, "service name"));
+        let namespace = self.keep(self.namespace(raw.namespace.as_ref()));
+        let id = format!(
+            "{}/{}",
+            namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            raw.name.value
+        );
+
+        let mut ports: Vec<ServicePort> = Vec::with_capacity(raw.ports.len());
+        let mut port_lines: HashMap<u16, u64> = HashMap::new();
+        for raw_port in &raw.ports {
+            let port = self.keep(self.port(&raw_port.port));
+            if let Some(port) = port
+                && let Some(first) = port_lines.insert(port, line_of(&raw_port.port))
+            {
+                self.keep::<()>(Err(self.err(
+                    raw_port.port.referenced,
+                    format!("duplicate service port {port} (first defined at line {first})"),
+                )));
+                continue;
+            }
+            let target_port = match &raw_port.target_port {
+                Some(t) => self.keep(self.port(t)),
+                None => port,
+            };
+            let protocol =
+                self.keep(self.port_protocol(raw_port.protocol.as_ref(), raw_port.name.as_deref()));
+            if let (Some(port), Some(target_port), Some(protocol)) = (port, target_port, protocol) {
                 ports.push(ServicePort {
                     port,
                     target_port,
                     name: raw_port.name.clone(),
-                    protocol: self
-                        .port_protocol(raw_port.protocol.as_ref(), raw_port.name.as_deref())?,
+                    protocol,
                 });
             }
+        }
 
-            let mut vips = Vec::with_capacity(raw.vips.len());
-            for raw_vip in &raw.vips {
-                let vip = self.ip(raw_vip)?;
-                // A (VIP, port) frontend maps to exactly one backend set in
-                // the datapath; two services cannot share it.
-                for port in &ports {
-                    if let Some((other, line)) = frontends.get(&(vip, port.port)) {
-                        return Err(self.err(
-                            raw_vip.referenced,
-                            format!(
-                                "VIP {vip} port {} is already used by service {} (line {line})",
-                                port.port,
-                                quote(other)
-                            ),
-                        ));
-                    }
-                }
-                for port in &ports {
-                    frontends.insert((vip, port.port), (id.clone(), line_of(raw_vip)));
-                }
-                vips.push(vip);
-            }
-
-            let endpoints = raw
-                .endpoints
+        let mut vips = Vec::with_capacity(raw.vips.len());
+        for raw_vip in &raw.vips {
+            let Some(vip) = self.keep(self.ip(raw_vip)) else {
+                continue;
+            };
+            // A (VIP, port) frontend maps to exactly one backend set in
+            // the datapath; two services cannot share it.
+            let taken = ports
                 .iter()
-                .map(|e| {
-                    Ok(Endpoint {
-                        ip: self.ip(&e.ip)?,
-                        node: match &e.node {
-                            Some(n) => Some(self.endpoint_node(n, node, peers)?),
-                            None => None,
-                        },
-                        workload: e.workload.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>, ConfigError>>()?;
+                .find_map(|port| Some(port.port).zip(frontends.get(&(vip, port.port))));
+            if let Some((port, (other, line))) = taken {
+                self.keep::<()>(Err(self.err(
+                    raw_vip.referenced,
+                    format!(
+                        "VIP {vip} port {port} is already used by service {} (line {line})",
+                        quote(other)
+                    ),
+                )));
+                continue;
+            }
+            for port in &ports {
+                frontends.insert((vip, port.port), (id.clone(), line_of(raw_vip)));
+            }
+            vips.push(vip);
+        }
 
-            out.push(Service {
+        let endpoints = self.each(raw.endpoints.iter().map(|e| {
+            let ip = self.keep(self.ip(&e.ip));
+            let node = match &e.node {
+                Some(n) => self.keep(self.endpoint_node(n, node_names)).map(Some),
+                None => Some(None),
+            };
+            match (ip, node) {
+                (Some(ip), Some(node)) => Ok(Endpoint {
+                    ip,
+                    node,
+                    workload: e.workload.clone(),
+                }),
+                _ => Err(self.reported()),
+            }
+        }));
+        let endpoints = self.keep(endpoints);
+        let load_balancer = match &raw.load_balancer {
+            Some(lb) => self.keep(self.load_balancer(lb)),
+            None => Some(LoadBalancer::default()),
+        };
+        let outlier_detection = match &raw.outlier_detection {
+            Some(od) => self.keep(self.outlier_detection(od)).map(Some),
+            None => Some(None),
+        };
+
+        if self.errors_so_far() != before {
+            return Err(self.reported());
+        }
+        match (name, namespace, endpoints, load_balancer, outlier_detection) {
+            (
+                Some(name),
+                Some(namespace),
+                Some(endpoints),
+                Some(load_balancer),
+                Some(outlier_detection),
+            ) => Ok(Service {
                 name,
                 namespace,
                 vips,
                 ports,
                 endpoints,
-                load_balancer: match &raw.load_balancer {
-                    Some(lb) => self.load_balancer(lb)?,
-                    None => LoadBalancer::default(),
-                },
-                outlier_detection: match &raw.outlier_detection {
-                    Some(od) => Some(self.outlier_detection(od)?),
-                    None => None,
-                },
-            });
+                load_balancer,
+                outlier_detection,
+            }),
+            _ => Err(self.reported()),
         }
-        Ok(out)
     }
 
     /// The node of an endpoint decides how it is reached (in process or
     /// through that node's tunnel), so a name the agent cannot resolve to an
     /// address is an error rather than a silent plain-TCP fallback.
-    fn endpoint_node(
-        &self,
-        raw: &Text,
-        node: &NodeConfig,
-        peers: &[PeerNode],
-    ) -> Result<String, ConfigError> {
+    /// `node_names[0]` is this node.
+    fn endpoint_node(&self, raw: &Text, node_names: &[String]) -> Result<String, ConfigError> {
         let name = &raw.value;
-        if *name == node.name || peers.iter().any(|p| p.name == *name) {
+        if node_names.contains(name) {
             return Ok(name.clone());
         }
         Err(self.err(
@@ -1613,51 +1961,65 @@ impl Checker<'_> {
             format!(
                 "endpoint node {} is neither this node ({}) nor listed under nodes",
                 quote(name),
-                quote(&node.name)
+                quote(node_names.first().map_or("", String::as_str))
             ),
         ))
     }
 
+    /// Each policy is checked on its own; the valid ones are returned.
     fn policies(&self, raws: Vec<RawPolicy>) -> Result<Vec<AuthorizationPolicy>, ConfigError> {
         let mut names: HashMap<(String, String), u64> = HashMap::new();
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let name = self.object_name(&raw.name, "authorization policy name")?;
-            let namespace = self.namespace(raw.namespace.as_ref())?;
-            if let Some(first) = names.insert((namespace.clone(), name.clone()), line_of(&raw.name))
-            {
-                return Err(self.err(
-                    raw.name.referenced,
-                    format!(
-                        "duplicate authorization policy {} (first defined at line {first})",
-                        quote(&format!("{namespace}/{name}"))
-                    ),
-                ));
-            }
-            // An empty matchLabels selects every workload, like no selector:
-            // one representation for both.
-            let selector = match &raw.selector {
-                Some(s) => Some(self.labels(&s.match_labels)?).filter(|m| !m.is_empty()),
-                None => None,
-            };
-            let action = match &raw.action {
-                Some(a) => self.action(a)?,
-                None => AuthzAction::default(),
-            };
-            let rules = raw
-                .rules
-                .iter()
-                .map(|r| self.authz_rule(r))
-                .collect::<Result<Vec<_>, ConfigError>>()?;
-            out.push(AuthorizationPolicy {
-                name,
-                namespace,
-                selector,
-                action,
-                rules,
-            });
+            let policy = self.policy(&raw, &mut names);
+            out.extend(self.keep(policy));
         }
         Ok(out)
+    }
+
+    fn policy(
+        &self,
+        raw: &RawPolicy,
+        names: &mut HashMap<(String, String), u64>,
+    ) -> Result<AuthorizationPolicy, ConfigError> {
+        let name = self.keep(self.object_name(&raw.name, "authorization policy name"));
+        let namespace = self.keep(self.namespace(raw.namespace.as_ref()));
+        if let (Some(name), Some(namespace)) = (&name, &namespace)
+            && let Some(first) = names.insert((namespace.clone(), name.clone()), line_of(&raw.name))
+        {
+            self.keep::<()>(Err(self.err(
+                raw.name.referenced,
+                format!(
+                    "duplicate authorization policy {} (first defined at line {first})",
+                    quote(&format!("{namespace}/{name}"))
+                ),
+            )));
+        }
+        // An empty matchLabels selects every workload, like no selector:
+        // one representation for both.
+        let selector = match &raw.selector {
+            Some(s) => self
+                .keep(self.labels(&s.match_labels))
+                .map(|m| Some(m).filter(|m| !m.is_empty())),
+            None => Some(None),
+        };
+        let action = match &raw.action {
+            Some(a) => self.keep(self.action(a)),
+            None => Some(AuthzAction::default()),
+        };
+        let rules = self.keep(self.each(raw.rules.iter().map(|r| self.authz_rule(r))));
+        match (name, namespace, selector, action, rules) {
+            (Some(name), Some(namespace), Some(selector), Some(action), Some(rules)) => {
+                Ok(AuthorizationPolicy {
+                    name,
+                    namespace,
+                    selector,
+                    action,
+                    rules,
+                })
+            }
+            _ => Err(self.reported()),
+        }
     }
 
     fn action(&self, raw: &Text) -> Result<AuthzAction, ConfigError> {
@@ -1675,62 +2037,67 @@ impl Checker<'_> {
     }
 
     fn authz_rule(&self, raw: &RawAuthzRule) -> Result<AuthzRule, ConfigError> {
-        let from = raw
-            .from
-            .iter()
-            .map(|f| {
-                // An empty source would match every peer; like Istio, ask
-                // for an explicit `*` instead.
-                let source = f.source.value.as_ref().filter(|s| {
-                    !(s.principals.is_empty()
-                        && s.not_principals.is_empty()
-                        && s.namespaces.is_empty()
-                        && s.not_namespaces.is_empty())
-                });
-                let Some(source) = source else {
-                    return Err(self.err(
-                        f.source.referenced,
-                        "empty `source`: set at least one of principals, notPrincipals, namespaces, notNamespaces".to_owned(),
-                    ));
-                };
-                Ok(AuthzSource {
-                    principals: self.principals(&source.principals)?,
-                    not_principals: self.principals(&source.not_principals)?,
-                    namespaces: self.namespace_patterns(&source.namespaces)?,
-                    not_namespaces: self.namespace_patterns(&source.not_namespaces)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        let to = raw
-            .to
-            .iter()
-            .map(|t| {
-                let operation = t
-                    .operation
-                    .value
-                    .as_ref()
-                    .filter(|o| !(o.ports.is_empty() && o.not_ports.is_empty()));
-                let Some(operation) = operation else {
-                    return Err(self.err(
-                        t.operation.referenced,
-                        "empty `operation`: set at least one of ports, notPorts".to_owned(),
-                    ));
-                };
-                Ok(AuthzOperation {
-                    ports: self.ports(&operation.ports)?,
-                    not_ports: self.ports(&operation.not_ports)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(AuthzRule { from, to })
+        let from = self.keep(self.each(raw.from.iter().map(|f| {
+            // An empty source would match every peer; like Istio, ask
+            // for an explicit `*` instead.
+            let source = f.source.value.as_ref().filter(|s| {
+                !(s.principals.is_empty()
+                    && s.not_principals.is_empty()
+                    && s.namespaces.is_empty()
+                    && s.not_namespaces.is_empty())
+            });
+            let Some(source) = source else {
+                return Err(self.err(
+                    f.source.referenced,
+                    "empty `source`: set at least one of principals, notPrincipals, namespaces, notNamespaces".to_owned(),
+                ));
+            };
+            let principals = self.keep(self.principals(&source.principals));
+            let not_principals = self.keep(self.principals(&source.not_principals));
+            let namespaces = self.keep(self.namespace_patterns(&source.namespaces));
+            let not_namespaces = self.keep(self.namespace_patterns(&source.not_namespaces));
+            match (principals, not_principals, namespaces, not_namespaces) {
+                (Some(principals), Some(not_principals), Some(namespaces), Some(not_namespaces)) => {
+                    Ok(AuthzSource {
+                        principals,
+                        not_principals,
+                        namespaces,
+                        not_namespaces,
+                    })
+                }
+                _ => Err(self.reported()),
+            }
+        })));
+        let to = self.keep(self.each(raw.to.iter().map(|t| {
+            let operation = t
+                .operation
+                .value
+                .as_ref()
+                .filter(|o| !(o.ports.is_empty() && o.not_ports.is_empty()));
+            let Some(operation) = operation else {
+                return Err(self.err(
+                    t.operation.referenced,
+                    "empty `operation`: set at least one of ports, notPorts".to_owned(),
+                ));
+            };
+            let ports = self.keep(self.ports(&operation.ports));
+            let not_ports = self.keep(self.ports(&operation.not_ports));
+            match (ports, not_ports) {
+                (Some(ports), Some(not_ports)) => Ok(AuthzOperation { ports, not_ports }),
+                _ => Err(self.reported()),
+            }
+        })));
+        match (from, to) {
+            (Some(from), Some(to)) => Ok(AuthzRule { from, to }),
+            _ => Err(self.reported()),
+        }
     }
 
     /// SPIFFE IDs as Istio writes principals: `TD/ns/NS/sa/SA`, with or
     /// without `spiffe://` (stored without), or a `*`, `prefix*` or
     /// `*suffix` pattern.
     fn principals(&self, raws: &[Text]) -> Result<Vec<String>, ConfigError> {
-        raws.iter()
-            .map(|raw| {
+        self.each(raws.iter().map(|raw| {
                 let v = raw.value.as_str();
                 let id = v.strip_prefix("spiffe://").unwrap_or(v);
                 let why = match pattern_problem(id) {
@@ -1754,26 +2121,23 @@ impl Checker<'_> {
                     )),
                     None => Ok(id.to_owned()),
                 }
-            })
-            .collect()
+            }))
     }
 
     /// Namespace names, or a `*`, `prefix*` or `*suffix` pattern of them.
     fn namespace_patterns(&self, raws: &[Text]) -> Result<Vec<String>, ConfigError> {
-        raws.iter()
-            .map(|raw| {
-                let v = raw.value.as_str();
-                let why = pattern_problem(v)
-                    .or_else(|| v.contains('/').then_some("a namespace contains no '/'"));
-                match why {
-                    Some(why) => Err(self.err(
-                        raw.referenced,
-                        format!("invalid namespace {}: {why}", quote(v)),
-                    )),
-                    None => Ok(v.to_owned()),
-                }
-            })
-            .collect()
+        self.each(raws.iter().map(|raw| {
+            let v = raw.value.as_str();
+            let why = pattern_problem(v)
+                .or_else(|| v.contains('/').then_some("a namespace contains no '/'"));
+            match why {
+                Some(why) => Err(self.err(
+                    raw.referenced,
+                    format!("invalid namespace {}: {why}", quote(v)),
+                )),
+                None => Ok(v.to_owned()),
+            }
+        }))
     }
 
     /// Workload and service names: they are printed as `namespace/name` in
@@ -1882,7 +2246,7 @@ impl Checker<'_> {
     }
 
     fn ports(&self, raws: &[Text]) -> Result<Vec<u16>, ConfigError> {
-        raws.iter().map(|p| self.port(p)).collect()
+        self.each(raws.iter().map(|p| self.port(p)))
     }
 
     fn ip(&self, raw: &Text) -> Result<IpAddr, ConfigError> {
@@ -1903,6 +2267,15 @@ impl Checker<'_> {
             )
         })
     }
+}
+
+/// What earlier workloads use, for duplicate checks; each entry remembers the
+/// first definition, for "first defined at" / "(line N)".
+#[derive(Default)]
+struct SeenWorkloads {
+    names: HashMap<(String, String), u64>,
+    cgroups: HashMap<PathBuf, (String, u64)>,
+    ips: HashMap<IpAddr, (String, u64)>,
 }
 
 /// Units of `identity.cert_lifetime`, in milliseconds.
@@ -2098,17 +2471,20 @@ mod tests {
             yaml.replace("$D", &self.root())
         }
 
-        fn parse(&self, yaml: &str) -> Result<Config, ConfigError> {
+        fn parse(&self, yaml: &str) -> Result<Config, ConfigErrors> {
             parse_str(&self.text(yaml), "test.yaml")
         }
 
         /// Parses `yaml`, expecting an error at `line` whose reason contains
         /// `needle`; returns the error for further checks.
-        fn fails(&self, yaml: &str, line: u64, needle: &str) -> ConfigError {
+        /// Exactly one error: a single mistake must not cascade.
+        #[track_caller]
+        fn fails(&self, yaml: &str, line: u64, needle: &str) -> ConfigErrors {
             let err = match self.parse(yaml) {
                 Ok(cfg) => panic!("expected an error, got {cfg:?}"),
                 Err(e) => e,
             };
+            assert_eq!(err.len(), 1, "one mistake, one error; got:\n{err}");
             assert_eq!(err.line(), Some(line), "wrong line for: {err}");
             assert!(err.reason().contains(needle), "{needle:?} not in: {err}");
             let prefix = format!("test.yaml:{line}:");
@@ -2620,7 +2996,7 @@ services:
     fn control_characters_are_escaped() {
         let fx = Fixture::new();
         let e = fx.fails(
-            "node:\n  name: \"a\\nb\\e[31m\"\n  cgroup: /x\n",
+            "node:\n  name: \"a\\nb\\e[31m\"\n  cgroup: $D/node\n",
             2,
             "invalid node name",
         );
@@ -2660,7 +3036,8 @@ services:
             "{shown}"
         );
         assert!(err.reason().starts_with("cannot read: "));
-        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(matches!(err.first(), ConfigError::Read { .. }));
+        assert!(err.stopped_early());
 
         let err = load_file(fx.dir.path()).expect_err("a directory");
         assert!(err.to_string().contains("cannot read"), "{err}");
@@ -3208,10 +3585,19 @@ authorization:
             "invalid principal `cluster.local/ns/*/sa/a`: '*' is allowed only alone, at the start or at the end",
         );
         assert_eq!(e.column(), Some(28));
-        fx.fails(
-            &rule("              principals: ['ns/x/sa/y', 'default/sa/web']\n"),
-            9,
-            "invalid principal `ns/x/sa/y`: expected TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT",
+        // Every bad entry of a list is reported.
+        let shown = fx
+            .parse(&rule(
+                "              principals: ['ns/x/sa/y', 'default/sa/web']\n",
+            ))
+            .expect_err("two bad principals")
+            .to_string();
+        let why = "expected TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT (spiffe:// optional), `*`, `prefix*` or `*suffix`";
+        assert_eq!(
+            shown,
+            format!(
+                "test.yaml:9:28: invalid principal `ns/x/sa/y`: {why}\ntest.yaml:9:41: invalid principal `default/sa/web`: {why}"
+            )
         );
         fx.fails(
             &rule("              notPrincipals: ['']\n"),
@@ -3320,6 +3706,253 @@ authorization:
             5,
             "invalid authorization policy name",
         );
+    }
+
+    /// One case per error class of this file and of `telemetry.rs` whose
+    /// other tests check the reason only in part: the exact
+    /// `FILE:LINE:COLUMN: reason`, and that the mistake gives one error.
+    /// (Route classes: `route_tests.rs`, which checks every one exactly.)
+    #[test]
+    fn error_classes_with_exact_messages() {
+        let fx = Fixture::new();
+        let node_at = |rest: &str| format!("node:\n  name: node1\n  cgroup: $D/node\n{rest}");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "- a\n".to_owned(),
+                "1:1: found a list; expected a mapping with a `node` section at the top level",
+            ),
+            (
+                "node:\n  name: Node_1\n  cgroup: $D/node\n".to_owned(),
+                "2:9: invalid node name `Node_1`: use 1 to 63 characters among a-z, 0-9 and '-'",
+            ),
+            (
+                node_at("  address: 0.0.0.0\n"),
+                "4:12: node address 0.0.0.0 cannot be connected to; use the node's own IP address",
+            ),
+            (
+                node_at("nodes:\n  - {name: B, address: 10.0.0.2}\n"),
+                "5:12: invalid node name `B`: use 1 to 63 characters among a-z, 0-9 and '-'",
+            ),
+            (
+                node_at("  address: 10.0.0.1\nnodes:\n  - {name: b, address: 10.0.0.1}\n"),
+                "6:24: address 10.0.0.1 of node `b` is this node's address (node.address)",
+            ),
+            (
+                node_at("identity:\n  ca: {cert: $D/ca.pem}\n"),
+                "5:14: `ca.cert` needs `ca.key`: give both files of the CA, or `dir` alone",
+            ),
+            (
+                node_at("identity:\n  ca: {key: $D/ca-key.pem}\n"),
+                "5:13: `ca.key` needs `ca.cert`: give both files of the CA, or `dir` alone",
+            ),
+            (
+                node_at("identity:\n  ca: {}\n"),
+                "5:7: `ca` is empty: set `dir` (a CA generated by the agent) or `cert` and `key` (a CA you provide)",
+            ),
+            (
+                node_at("identity:\n  trust_bundle: [$D/node]\n"),
+                "5:18: trust_bundle path $D/node is a directory, not a PEM file",
+            ),
+            (
+                node_at("identity:\n  ca: {cert: $D/ca.pem/x, key: $D/ca-key.pem}\n"),
+                "5:14: ca.cert path $D/ca.pem/x cannot be accessed: Not a directory (os error 20)",
+            ),
+            (
+                node_at("identity:\n  cert_lifetime: 1w\n"),
+                "5:18: invalid cert_lifetime `1w`: expected a whole number and a unit s, m, h or d, such as 90m or 24h",
+            ),
+            (
+                node_at("  admin: localhost:15000\n"),
+                "4:10: invalid admin address `localhost:15000`: expected IP:PORT such as 127.0.0.1:15000 or [::1]:15000",
+            ),
+            (
+                node_at("  admin: 0.0.0.0:15000\n"),
+                "4:10: admin address 0.0.0.0:15000 is not a loopback address (use 127.0.0.1 or ::1)",
+            ),
+            (
+                node_at("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    egress:\n"),
+                "7:11: `egress` has no value: write `egress: []` to deny all, or remove the key to allow all",
+            ),
+            (
+                node_at("workloads:\n  - name: w\n    cgroup: $D/pods/web\n    netns: $D/node\n"),
+                "7:12: netns path $D/node is a directory, not a network namespace file",
+            ),
+            (
+                node_at(
+                    "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    egress: [{to: 10.0.0.0.1}]\n",
+                ),
+                "7:19: invalid CIDR `10.0.0.0.1`: expected an IP address or ADDRESS/PREFIX_LENGTH",
+            ),
+            (
+                node_at(
+                    "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    ingress: [{from: 10.0.0/8}]\n",
+                ),
+                "7:22: invalid CIDR `10.0.0/8`: `10.0.0` is not an IP address",
+            ),
+            (
+                node_at(
+                    "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    labels: {Example.com/app: web}\n",
+                ),
+                "7:14: invalid label key `Example.com/app`: the prefix before '/' must be a DNS subdomain such as example.com (lowercase, at most 253 characters)",
+            ),
+            (
+                node_at(
+                    "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    labels: {-app: web}\n",
+                ),
+                "7:14: invalid label key `-app`: the name must be 1 to 63 characters among A-Z, a-z, 0-9, '-', '_' and '.' (at most one '/' after an optional DNS prefix), starting and ending with a letter or digit",
+            ),
+            (
+                node_at(
+                    "workloads:\n  - name: w\n    cgroup: $D/pods/web\n    labels: {app: web_}\n",
+                ),
+                "7:19: invalid value `web_` of label `app`: use at most 63 characters among A-Z, a-z, 0-9, '-', '_' and '.', starting and ending with a letter or digit",
+            ),
+            (
+                node_at("services:\n  - name: a/b\n"),
+                "5:11: invalid service name `a/b`: must be non-empty without '/', spaces or control characters",
+            ),
+            (
+                node_at(
+                    "authorization:\n  - name: p\n    rules:\n      - from:\n          - source: {namespaces: [a/b]}\n",
+                ),
+                "8:35: invalid namespace `a/b`: a namespace contains no '/'",
+            ),
+            (
+                node_at("  admin: 127.0.0.1:15020\ntelemetry:\n  istio_metrics: true\n"),
+                // No position: both values are defaults.
+                " telemetry.metrics_address uses port 15020, which `node.admin` also uses; set telemetry.metrics_address to another port",
+            ),
+            (
+                node_at("telemetry:\n  metrics_address: 15020\n"),
+                "5:20: invalid telemetry.metrics_address `15020`: expected IP:PORT such as 0.0.0.0:15020 or [::]:15020",
+            ),
+            (
+                node_at("telemetry:\n  cluster_id: a b\n"),
+                "5:15: invalid telemetry.cluster_id `a b`: use 1 to 63 characters among letters, digits, '-', '_' and '.'",
+            ),
+            (
+                node_at("telemetry:\n  cluster_domain: Cluster.Local\n"),
+                "5:19: invalid telemetry.cluster_domain `Cluster.Local`: expected a DNS domain such as cluster.local",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (yaml, expected) in &cases {
+            let expected = format!("test.yaml:{}", fx.text(expected));
+            match fx.parse(yaml) {
+                Ok(_) => wrong.push(format!("accepted:\n{yaml}")),
+                Err(e) if e.to_string() != expected => {
+                    wrong.push(format!("{yaml}\n  expected {expected}\n  got      {e}"));
+                }
+                Err(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_in_file_order() {
+        let fx = Fixture::new();
+        let yaml = "\
+node:
+  name: Node1
+  cgroup: $D/node
+  outbound_port: 0
+workloads:
+  - name: web
+    cgroup: $D/pods/missing
+    ips: [10.0.0.300, 10.0.0.1]
+    egress: [{to: 10.0.0.0/33, ports: [80, x]}]
+  - name: web
+    cgroup: $D/pods/api
+services:
+  - name: db
+    ports: [{port: 70000}]
+authorization:
+  - name: p
+    action: MAYBE
+telemetry:
+  cluster_id: a b
+";
+        let err = fx.parse(yaml).expect_err("many mistakes");
+        let root = fx.root();
+        let expected = [
+            "test.yaml:2:9: invalid node name `Node1`: use 1 to 63 characters among a-z, 0-9 and '-'".to_owned(),
+            "test.yaml:4:18: port 0 is out of range 1..=65535".to_owned(),
+            format!("test.yaml:7:13: cgroup path {root}/pods/missing does not exist"),
+            "test.yaml:8:11: invalid IP address `10.0.0.300`".to_owned(),
+            "test.yaml:9:19: invalid CIDR `10.0.0.0/33`: prefix length 33 is longer than 32".to_owned(),
+            "test.yaml:9:44: invalid port `x`: expected a number in 1..=65535".to_owned(),
+            "test.yaml:10:11: duplicate workload `default/web` (first defined at line 6)".to_owned(),
+            "test.yaml:14:20: port 70000 is out of range 1..=65535".to_owned(),
+            "test.yaml:17:13: invalid action `MAYBE`: expected ALLOW or DENY".to_owned(),
+            "test.yaml:19:15: invalid telemetry.cluster_id `a b`: use 1 to 63 characters among letters, digits, '-', '_' and '.'".to_owned(),
+        ];
+        assert_eq!(err.to_string(), expected.join("\n"));
+        assert_eq!(err.len(), expected.len());
+        assert!(!err.stopped_early());
+        // The accessors describe the first error.
+        assert_eq!((err.line(), err.column()), (Some(2), Some(9)));
+        assert!(err.reason().starts_with("invalid node name"));
+        assert_eq!(err.file(), "test.yaml");
+        assert_eq!(err.into_first().line(), Some(2));
+    }
+
+    /// A mistake in something other parts refer to is reported once, not
+    /// again at every reference.
+    #[test]
+    fn one_mistake_one_error() {
+        let fx = Fixture::new();
+        let cases = [
+            // A service with a bad port: routes attached to it or sending to it.
+            (
+                with_node(
+                    "services:\n  - name: web\n    ports: [{port: 0}]\nhttp_routes:\n  - name: r\n    spec:\n      parentRefs: [{name: web, port: 80}]\n      rules: [{backendRefs: [{name: web, port: 80}]}]\n",
+                ),
+                6,
+                "port 0 is out of range",
+            ),
+            // The same for a GRPCRoute, with a service whose name is wrong.
+            (
+                with_node(
+                    "services:\n  - name: 'g rpc'\ngrpc_routes:\n  - name: r\n    spec:\n      parentRefs: [{name: 'g rpc'}]\n",
+                ),
+                5,
+                "invalid service name",
+            ),
+            // A bad node address: peers are not compared with it.
+            (
+                with_node(
+                    "  address: 10.0.0.300\nnodes:\n  - {name: node1, address: 10.0.0.1}\n  - {name: b, address: 10.0.0.2}\n",
+                ),
+                4,
+                "invalid IP address",
+            ),
+            // A bad node port: telemetry is not compared with it.
+            (
+                with_node("  admin: 127.0.0.1:0x\ntelemetry:\n  metrics_address: 0.0.0.0:15000\n"),
+                4,
+                "invalid admin address",
+            ),
+            // A peer with a bad address is still a known node for endpoints.
+            (
+                with_node(
+                    "nodes:\n  - {name: b, address: nowhere}\nservices:\n  - name: s\n    endpoints: [{ip: 10.1.0.1, node: b}]\n",
+                ),
+                5,
+                "invalid IP address",
+            ),
+            // A duplicate service: the first definition stays valid for routes.
+            (
+                with_node(
+                    "services:\n  - name: web\n    ports: [{port: 80}]\n  - name: web\nhttp_routes:\n  - name: r\n    spec:\n      parentRefs: [{name: web, port: 80}]\n",
+                ),
+                7,
+                "duplicate service",
+            ),
+        ];
+        for (yaml, line, needle) in cases {
+            fx.fails(&yaml, line, needle);
+        }
     }
 
     #[test]

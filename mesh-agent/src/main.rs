@@ -114,7 +114,29 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
         }
         Command::Config { command } => match command {
             ConfigCommand::Check { file } => {
-                let config = config::check_file(&file)?;
+                let config = match config::check_file(&file) {
+                    Ok(config) => config,
+                    Err(errors) => {
+                        // One `FILE:LINE:COL: reason` line per error, in file
+                        // order, so editors and grep can jump to each.
+                        for e in errors.all() {
+                            eprintln!("{e}");
+                        }
+                        if errors.stopped_early() && errors.line().is_some() {
+                            eprintln!(
+                                "mesh-agent: checking stopped at this error; fix it and run `config check` again to see any others"
+                            );
+                        } else if !errors.stopped_early() {
+                            let n = errors.len();
+                            eprintln!(
+                                "mesh-agent: {}: {n} error{}",
+                                file.display(),
+                                if n == 1 { "" } else { "s" }
+                            );
+                        }
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
                 println!(
                     "{}: ok (node {}, {} workloads, {} services)",
                     file.display(),

@@ -451,66 +451,104 @@ impl Checker<'_> {
             ));
         };
         let defaults = OutlierDetection::default();
-        Ok(OutlierDetection {
-            consecutive_5xx_errors: self.opt_u32(
-                raw.consecutive_5xx_errors.as_ref(),
-                "consecutive_5xx_errors",
-                1_000_000,
-                defaults.consecutive_5xx_errors,
-            )?,
-            consecutive_gateway_errors: self.opt_u32(
-                raw.consecutive_gateway_errors.as_ref(),
-                "consecutive_gateway_errors",
-                1_000_000,
-                defaults.consecutive_gateway_errors,
-            )?,
-            base_ejection_time: match &raw.base_ejection_time {
-                Some(t) => self.duration(t, "base_ejection_time", MS, MAX_LONG_DURATION)?,
-                None => defaults.base_ejection_time,
-            },
-            max_ejection_percent: self.opt_u32(
-                raw.max_ejection_percent.as_ref(),
-                "max_ejection_percent",
-                100,
-                defaults.max_ejection_percent,
-            )?,
-        })
+        let consecutive_5xx_errors = self.keep(self.opt_u32(
+            raw.consecutive_5xx_errors.as_ref(),
+            "consecutive_5xx_errors",
+            1_000_000,
+            defaults.consecutive_5xx_errors,
+        ));
+        let consecutive_gateway_errors = self.keep(self.opt_u32(
+            raw.consecutive_gateway_errors.as_ref(),
+            "consecutive_gateway_errors",
+            1_000_000,
+            defaults.consecutive_gateway_errors,
+        ));
+        let base_ejection_time = match &raw.base_ejection_time {
+            Some(t) => self.keep(self.duration(t, "base_ejection_time", MS, MAX_LONG_DURATION)),
+            None => Some(defaults.base_ejection_time),
+        };
+        let max_ejection_percent = self.keep(self.opt_u32(
+            raw.max_ejection_percent.as_ref(),
+            "max_ejection_percent",
+            100,
+            defaults.max_ejection_percent,
+        ));
+        match (
+            consecutive_5xx_errors,
+            consecutive_gateway_errors,
+            base_ejection_time,
+            max_ejection_percent,
+        ) {
+            (
+                Some(consecutive_5xx_errors),
+                Some(consecutive_gateway_errors),
+                Some(base_ejection_time),
+                Some(max_ejection_percent),
+            ) => Ok(OutlierDetection {
+                consecutive_5xx_errors,
+                consecutive_gateway_errors,
+                base_ejection_time,
+                max_ejection_percent,
+            }),
+            _ => Err(self.reported()),
+        }
     }
 
     pub(super) fn http_settings(&self, raw: &RawHttp) -> Result<HttpSettings, ConfigError> {
         let defaults = HttpSettings::default();
         let detection_timeout = match &raw.detection_timeout {
-            Some(t) => self.duration(t, "detection_timeout", MS, MAX_DETECTION_TIMEOUT)?,
-            None => defaults.detection_timeout,
+            Some(t) => self.keep(self.duration(t, "detection_timeout", MS, MAX_DETECTION_TIMEOUT)),
+            None => Some(defaults.detection_timeout),
         };
         let max_header_bytes = match &raw.max_header_bytes {
-            Some(n) => self.number(n, "max_header_bytes", 1024, 1_048_576)?,
-            None => defaults.max_header_bytes as u64,
+            Some(n) => self.keep(self.number(n, "max_header_bytes", 1024, 1_048_576)),
+            None => Some(defaults.max_header_bytes as u64),
         };
-        let retry_budget = match &raw.retry_budget {
-            Some(b) => RetryBudget {
-                percent: self.opt_u32(
+        let (percent, min_retries_per_second) = match &raw.retry_budget {
+            Some(b) => (
+                self.keep(self.opt_u32(
                     b.percent.as_ref(),
                     "retry_budget.percent",
                     1000,
                     defaults.retry_budget.percent,
-                )?,
-                min_retries_per_second: self.opt_u32(
+                )),
+                self.keep(self.opt_u32(
                     b.min_retries_per_second.as_ref(),
                     "retry_budget.min_retries_per_second",
                     100_000,
                     defaults.retry_budget.min_retries_per_second,
-                )?,
-            },
-            None => defaults.retry_budget,
+                )),
+            ),
+            None => (
+                Some(defaults.retry_budget.percent),
+                Some(defaults.retry_budget.min_retries_per_second),
+            ),
         };
-        Ok(HttpSettings {
+        match (
             detection_timeout,
-            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
-            retry_budget,
-        })
+            max_header_bytes,
+            percent,
+            min_retries_per_second,
+        ) {
+            (
+                Some(detection_timeout),
+                Some(max_header_bytes),
+                Some(percent),
+                Some(min_retries_per_second),
+            ) => Ok(HttpSettings {
+                detection_timeout,
+                max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+                retry_budget: RetryBudget {
+                    percent,
+                    min_retries_per_second,
+                },
+            }),
+            _ => Err(self.reported()),
+        }
     }
 
+    /// Each route is checked on its own: errors are recorded in the checker
+    /// and the valid routes returned.
     pub(super) fn http_routes(
         &self,
         raws: &[Spanned<RawHttpRoute>],
@@ -519,23 +557,32 @@ impl Checker<'_> {
         let mut seen = HashMap::new();
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let head = self.route_head(RouteKind::Http, &raw.value, &mut seen, services)?;
+            let head = self.keep(self.route_head(RouteKind::Http, &raw.value, &mut seen, services));
+            // The rules are checked even when the head has an error, in the
+            // route's namespace if that one is valid (backendRefs resolve there).
+            let Ok(namespace) = self.namespace(raw.value.namespace.as_ref()) else {
+                continue;
+            };
             let scope = Scope {
-                namespace: &head.namespace,
+                namespace: &namespace,
                 services,
             };
-            let rules = self.route_rules(&raw.value.spec, |rule| self.http_rule(rule, &scope))?;
-            out.push(HttpRoute {
-                name: head.name,
-                namespace: head.namespace,
-                parent_refs: head.parent_refs,
-                hostnames: head.hostnames,
-                rules,
-            });
+            let rules =
+                self.keep(self.route_rules(&raw.value.spec, |rule| self.http_rule(rule, &scope)));
+            if let (Some(head), Some(rules)) = (head, rules) {
+                out.push(HttpRoute {
+                    name: head.name,
+                    namespace: head.namespace,
+                    parent_refs: head.parent_refs,
+                    hostnames: head.hostnames,
+                    rules,
+                });
+            }
         }
         Ok(out)
     }
 
+    /// Like [`Checker::http_routes`].
     pub(super) fn grpc_routes(
         &self,
         raws: &[Spanned<RawGrpcRoute>],
@@ -544,19 +591,25 @@ impl Checker<'_> {
         let mut seen = HashMap::new();
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let head = self.route_head(RouteKind::Grpc, &raw.value, &mut seen, services)?;
+            let head = self.keep(self.route_head(RouteKind::Grpc, &raw.value, &mut seen, services));
+            let Ok(namespace) = self.namespace(raw.value.namespace.as_ref()) else {
+                continue;
+            };
             let scope = Scope {
-                namespace: &head.namespace,
+                namespace: &namespace,
                 services,
             };
-            let rules = self.route_rules(&raw.value.spec, |rule| self.grpc_rule(rule, &scope))?;
-            out.push(GrpcRoute {
-                name: head.name,
-                namespace: head.namespace,
-                parent_refs: head.parent_refs,
-                hostnames: head.hostnames,
-                rules,
-            });
+            let rules =
+                self.keep(self.route_rules(&raw.value.spec, |rule| self.grpc_rule(rule, &scope)));
+            if let (Some(head), Some(rules)) = (head, rules) {
+                out.push(GrpcRoute {
+                    name: head.name,
+                    namespace: head.namespace,
+                    parent_refs: head.parent_refs,
+                    hostnames: head.hostnames,
+                    rules,
+                });
+            }
         }
         Ok(out)
     }
@@ -569,59 +622,69 @@ impl Checker<'_> {
         seen: &mut HashMap<(String, String), u64>,
         services: &[Service],
     ) -> Result<RouteHead, ConfigError> {
+        let before = self.errors_so_far();
         let name = raw.name.value.clone();
         if !is_dns_subdomain(&name, 253) {
-            return Err(self.err(
+            self.keep::<()>(Err(self.err(
                 raw.name.referenced,
                 format!(
                     "invalid {} name {}: use 1 to 253 characters among a-z, 0-9, '-' and '.', starting and ending with a letter or digit",
                     kind.name(),
                     quote(&name)
                 ),
-            ));
+            )));
         }
         let namespace = self.namespace(raw.namespace.as_ref())?;
-        if let Some(first) = seen.insert((namespace.clone(), name.clone()), line_of(&raw.name)) {
-            return Err(self.err(
+        if self.errors_so_far() == before
+            && let Some(first) = seen.insert((namespace.clone(), name.clone()), line_of(&raw.name))
+        {
+            self.keep::<()>(Err(self.err(
                 raw.name.referenced,
                 format!(
                     "duplicate {} {} (first defined at line {first})",
                     kind.name(),
                     quote(&format!("{namespace}/{name}"))
                 ),
-            ));
+            )));
         }
         let spec = &raw.spec.value;
-        let Some(parents) = &spec.parent_refs else {
-            return Err(self.err(
+        // Parents and hostnames are independent: both are checked.
+        let parent_refs = match &spec.parent_refs {
+            None => Err(self.err(
                 raw.spec.referenced,
                 "`parentRefs` is required: attach the route to at least one Service".to_owned(),
-            ));
-        };
-        if parents.value.is_empty() {
-            return Err(self.err(
+            )),
+            Some(parents) if parents.value.is_empty() => Err(self.err(
                 parents.referenced,
                 "`parentRefs` is empty: attach the route to at least one Service".to_owned(),
-            ));
+            )),
+            Some(parents) => self
+                .at_most(&parents.value, MAX_PARENT_REFS, "parentRefs", "route")
+                .and_then(|()| {
+                    self.each(
+                        parents
+                            .value
+                            .iter()
+                            .map(|p| self.parent_ref(p, &namespace, services)),
+                    )
+                }),
+        };
+        let hostnames = self
+            .at_most(&spec.hostnames, MAX_HOSTNAMES, "hostnames", "route")
+            .and_then(|()| self.each(spec.hostnames.iter().map(|h| self.hostname(h, true))));
+        let (parent_refs, hostnames) = (self.keep(parent_refs), self.keep(hostnames));
+        if self.errors_so_far() != before {
+            return Err(self.reported());
         }
-        self.at_most(&parents.value, MAX_PARENT_REFS, "parentRefs", "route")?;
-        let parent_refs = parents
-            .value
-            .iter()
-            .map(|p| self.parent_ref(p, &namespace, services))
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        self.at_most(&spec.hostnames, MAX_HOSTNAMES, "hostnames", "route")?;
-        let hostnames = spec
-            .hostnames
-            .iter()
-            .map(|h| self.hostname(h, true))
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(RouteHead {
-            name,
-            namespace,
-            parent_refs,
-            hostnames,
-        })
+        match (parent_refs, hostnames) {
+            (Some(parent_refs), Some(hostnames)) => Ok(RouteHead {
+                name,
+                namespace,
+                parent_refs,
+                hostnames,
+            }),
+            _ => Err(self.reported()),
+        }
     }
 
     /// Checks the rule count and rule names, and converts every rule with `rule`.
@@ -633,72 +696,95 @@ impl Checker<'_> {
         let rules = &spec.value.rules;
         self.at_most(rules, MAX_RULES, "rules", "route")?;
         let mut names: HashMap<&str, u64> = HashMap::new();
-        for raw in rules {
-            let Some(name) = &raw.value.name else {
-                continue;
-            };
-            if !is_dns_subdomain(&name.value, 253) {
-                return Err(self.err(
-                    name.referenced,
-                    format!(
-                        "invalid rule name {}: use 1 to 253 characters among a-z, 0-9, '-' and '.', starting and ending with a letter or digit",
-                        quote(&name.value)
-                    ),
-                ));
-            }
-            if let Some(first) = names.insert(&name.value, line_of(name)) {
-                return Err(self.err(
-                    name.referenced,
-                    format!(
-                        "duplicate rule name {} (first defined at line {first})",
-                        quote(&name.value)
-                    ),
-                ));
-            }
+        let named = self.each(rules.iter().filter_map(|raw| raw.value.name.as_ref()).map(
+            |name| {
+                if !is_dns_subdomain(&name.value, 253) {
+                    return Err(self.err(
+                        name.referenced,
+                        format!(
+                            "invalid rule name {}: use 1 to 253 characters among a-z, 0-9, '-' and '.', starting and ending with a letter or digit",
+                            quote(&name.value)
+                        ),
+                    ));
+                }
+                if let Some(first) = names.insert(&name.value, line_of(name)) {
+                    return Err(self.err(
+                        name.referenced,
+                        format!(
+                            "duplicate rule name {} (first defined at line {first})",
+                            quote(&name.value)
+                        ),
+                    ));
+                }
+                Ok(())
+            },
+        ));
+        let converted = self.each(rules.iter().map(rule));
+        let (named, converted) = (self.keep(named), self.keep(converted));
+        match (named, converted) {
+            (Some(_), Some(converted)) => Ok(converted),
+            _ => Err(self.reported()),
         }
-        rules.iter().map(rule).collect()
     }
 
+    /// A rule's matches, filters, backends, timeouts and retry are each checked.
     fn http_rule(
         &self,
         raw: &Spanned<RawRule<RawHttpMatch>>,
         scope: &Scope,
     ) -> Result<HttpRouteRule, ConfigError> {
         let rule = &raw.value;
-        self.at_most(&rule.matches, MAX_MATCHES, "matches", "rule")?;
-        let mut matches = rule
-            .matches
-            .iter()
-            .map(|m| self.http_match(m))
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        if matches.is_empty() {
-            matches.push(HttpRouteMatch {
-                path: PathMatch::PathPrefix("/".to_owned()),
-                headers: Vec::new(),
-                query_params: Vec::new(),
-                method: None,
-            });
-        }
-        let all_prefix = matches
-            .iter()
-            .all(|m| matches!(m.path, PathMatch::PathPrefix(_)));
-        let (filters, redirect) =
-            self.filters(&rule.filters, RouteKind::Http, all_prefix, scope)?;
-        let backend_refs = self.backend_refs(&rule.backend_refs, scope)?;
-        if redirect && let Some(first) = rule.backend_refs.first() {
-            return Err(self.err(
+        let matches = self
+            .at_most(&rule.matches, MAX_MATCHES, "matches", "rule")
+            .and_then(|()| self.each(rule.matches.iter().map(|m| self.http_match(m))));
+        let matches = self.keep(matches).map(|mut matches| {
+            if matches.is_empty() {
+                matches.push(HttpRouteMatch {
+                    path: PathMatch::PathPrefix("/".to_owned()),
+                    headers: Vec::new(),
+                    query_params: Vec::new(),
+                    method: None,
+                });
+            }
+            matches
+        });
+        // A broken match counts as a prefix one: the filter checks that
+        // depend on it then say nothing more.
+        let all_prefix = matches.as_ref().is_none_or(|matches| {
+            matches
+                .iter()
+                .all(|m| matches!(m.path, PathMatch::PathPrefix(_)))
+        });
+        let filters = self.keep(self.filters(&rule.filters, RouteKind::Http, all_prefix, scope));
+        let backend_refs = self.keep(self.backend_refs(&rule.backend_refs, scope));
+        if let Some((_, true)) = filters
+            && let Some(first) = rule.backend_refs.first()
+        {
+            self.keep::<()>(Err(self.err(
                 first.referenced,
                 "backendRefs are never used on a rule with a RequestRedirect filter (the redirect answers every request); remove them".to_owned(),
-            ));
+            )));
+            return Err(self.reported());
         }
-        Ok(HttpRouteRule {
-            name: rule.name.as_ref().map(|n| n.value.clone()),
-            matches,
-            filters,
-            backend_refs,
-            timeouts: self.timeouts(rule.timeouts.as_ref())?,
-            retry: self.retry(rule.retry.as_ref())?,
-        })
+        let timeouts = self.keep(self.timeouts(rule.timeouts.as_ref()));
+        let retry = self.keep(self.retry(rule.retry.as_ref()));
+        match (matches, filters, backend_refs, timeouts, retry) {
+            (
+                Some(matches),
+                Some((filters, _)),
+                Some(backend_refs),
+                Some(timeouts),
+                Some(retry),
+            ) => Ok(HttpRouteRule {
+                name: rule.name.as_ref().map(|n| n.value.clone()),
+                matches,
+                filters,
+                backend_refs,
+                timeouts,
+                retry,
+            }),
+            _ => Err(self.reported()),
+        }
     }
 
     fn grpc_rule(
@@ -707,29 +793,43 @@ impl Checker<'_> {
         scope: &Scope,
     ) -> Result<GrpcRouteRule, ConfigError> {
         let rule = &raw.value;
-        self.at_most(&rule.matches, MAX_MATCHES, "matches", "rule")?;
-        let matches = rule
-            .matches
-            .iter()
-            .map(|m| {
-                Ok(GrpcRouteMatch {
-                    method: match &m.value.method {
-                        Some(method) => Some(self.grpc_method(method)?),
-                        None => None,
-                    },
-                    headers: self.header_matches(&m.value.headers)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        let (filters, _) = self.filters(&rule.filters, RouteKind::Grpc, true, scope)?;
-        Ok(GrpcRouteRule {
-            name: rule.name.as_ref().map(|n| n.value.clone()),
-            matches,
-            filters,
-            backend_refs: self.backend_refs(&rule.backend_refs, scope)?,
-            timeouts: self.timeouts(rule.timeouts.as_ref())?,
-            retry: self.retry(rule.retry.as_ref())?,
-        })
+        let matches = self
+            .at_most(&rule.matches, MAX_MATCHES, "matches", "rule")
+            .and_then(|()| {
+                self.each(rule.matches.iter().map(|m| {
+                    let method = match &m.value.method {
+                        Some(method) => self.keep(self.grpc_method(method)).map(Some),
+                        None => Some(None),
+                    };
+                    let headers = self.keep(self.header_matches(&m.value.headers));
+                    match (method, headers) {
+                        (Some(method), Some(headers)) => Ok(GrpcRouteMatch { method, headers }),
+                        _ => Err(self.reported()),
+                    }
+                }))
+            });
+        let matches = self.keep(matches);
+        let filters = self.keep(self.filters(&rule.filters, RouteKind::Grpc, true, scope));
+        let backend_refs = self.keep(self.backend_refs(&rule.backend_refs, scope));
+        let timeouts = self.keep(self.timeouts(rule.timeouts.as_ref()));
+        let retry = self.keep(self.retry(rule.retry.as_ref()));
+        match (matches, filters, backend_refs, timeouts, retry) {
+            (
+                Some(matches),
+                Some((filters, _)),
+                Some(backend_refs),
+                Some(timeouts),
+                Some(retry),
+            ) => Ok(GrpcRouteRule {
+                name: rule.name.as_ref().map(|n| n.value.clone()),
+                matches,
+                filters,
+                backend_refs,
+                timeouts,
+                retry,
+            }),
+            _ => Err(self.reported()),
+        }
     }
 
     fn http_match(&self, raw: &Spanned<RawHttpMatch>) -> Result<HttpRouteMatch, ConfigError> {
@@ -1301,36 +1401,33 @@ impl Checker<'_> {
         scope: &Scope,
     ) -> Result<Vec<BackendRef>, ConfigError> {
         self.at_most(raws, MAX_BACKEND_REFS, "backendRefs", "rule")?;
-        raws.iter()
-            .map(|raw| {
-                let r = &raw.value;
-                if let Some(filters) = &r.filters
-                    && !filters.value.is_empty()
-                {
-                    return Err(self.err(
-                        filters.referenced,
-                        "backendRefs[].filters are not supported; put filters on the rule"
-                            .to_owned(),
-                    ));
-                }
-                let weight = match &r.weight {
-                    Some(w) => self.number(w, "weight", 0, MAX_WEIGHT)?,
-                    None => 1,
-                };
-                self.backend(
-                    &BackendFields {
-                        at: raw.referenced,
-                        name: &r.name,
-                        namespace: r.namespace.as_ref(),
-                        kind: r.kind.as_ref(),
-                        group: r.group.as_ref(),
-                        port: r.port.as_ref(),
-                    },
-                    u32::try_from(weight).unwrap_or(u32::MAX),
-                    scope,
-                )
-            })
-            .collect()
+        self.each(raws.iter().map(|raw| {
+            let r = &raw.value;
+            if let Some(filters) = &r.filters
+                && !filters.value.is_empty()
+            {
+                return Err(self.err(
+                    filters.referenced,
+                    "backendRefs[].filters are not supported; put filters on the rule".to_owned(),
+                ));
+            }
+            let weight = match &r.weight {
+                Some(w) => self.number(w, "weight", 0, MAX_WEIGHT)?,
+                None => 1,
+            };
+            self.backend(
+                &BackendFields {
+                    at: raw.referenced,
+                    name: &r.name,
+                    namespace: r.namespace.as_ref(),
+                    kind: r.kind.as_ref(),
+                    group: r.group.as_ref(),
+                    port: r.port.as_ref(),
+                },
+                u32::try_from(weight).unwrap_or(u32::MAX),
+                scope,
+            )
+        }))
     }
 
     /// A Service and port requests are sent to; it must exist.
@@ -1420,6 +1517,10 @@ impl Checker<'_> {
             .iter()
             .find(|s| s.name == name.value && s.namespace == namespace)
         else {
+            // Defined, but with an error of its own, already reported.
+            if self.broken_services.borrow().contains(&id) {
+                return Err(self.reported());
+            }
             return Err(self.err(
                 name.referenced,
                 format!("service {} is not defined under services", quote(&id)),

@@ -34,7 +34,7 @@ fn base_lines() -> u64 {
     BASE.lines().count() as u64
 }
 
-fn parse_rest(rest: &str) -> Result<Config, ConfigError> {
+fn parse_rest(rest: &str) -> Result<Config, ConfigErrors> {
     parse(&format!("{BASE}{rest}"), "test.yaml", PathChecks::Skipped)
 }
 
@@ -43,7 +43,7 @@ fn ok(rest: &str) -> Config {
     parse_rest(rest).unwrap_or_else(|e| panic!("{e}\n{rest}"))
 }
 
-fn error(rest: &str) -> ConfigError {
+fn error(rest: &str) -> ConfigErrors {
     match parse_rest(rest) {
         Ok(cfg) => panic!("expected an error, got {cfg:?}\n{rest}"),
         Err(e) => e,
@@ -1432,6 +1432,18 @@ fn header_modifiers() {
         48,
         "invalid header name ``: use 1 or more HTTP token characters (letters, digits and !#$%&'*+-.^_`|~)",
     );
+    let long = "v".repeat(4097);
+    fails(
+        &modifier(&format!("{{set: [{{name: x-a, value: {long}}}]}}")),
+        8,
+        64,
+        &format!("invalid header value `{long}`: must be at most 4096 characters"),
+    );
+    // At the limit it is accepted.
+    ok(&modifier(&format!(
+        "{{set: [{{name: x-a, value: {}}}]}}",
+        "v".repeat(4096)
+    )));
     fails(
         &modifier("{set: [{name: x-a, value: \"a\\r\\nx-b: c\"}]}"),
         8,
@@ -1875,4 +1887,49 @@ fn route_garbage_never_panics() {
     for input in inputs {
         assert!(parse_rest(input).is_err(), "{input:?} should fail");
     }
+}
+
+/// Every bad part of a route is reported, each once, in file order; the rest of the
+/// route's rules are still checked.
+#[test]
+fn route_errors_are_all_reported() {
+    let rest = "\
+http_routes:
+  - name: Bad_Name
+    spec:
+      parentRefs: [{name: web, port: 81}]
+      hostnames: ['*.*.example.com']
+      rules:
+        - matches: [{path: {type: Exact, value: 'no-slash'}}]
+          backendRefs: [{name: web-v1, port: 80, weight: -1}]
+          timeouts: {request: 5 s}
+        - backendRefs: [{name: missing, port: 80}]
+grpc_routes:
+  - name: g
+    spec:
+      parentRefs: [{name: greeter}]
+      rules:
+        - matches: [{method: {service: 'a b'}}]
+";
+    let shown = error(rest).to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    let at: Vec<String> = lines
+        .iter()
+        .map(|l| l.split(": ").next().unwrap_or_default().to_owned())
+        .collect();
+    let b = base_lines();
+    let expected: Vec<String> = [
+        (2, 11),
+        (4, 38),
+        (5, 19),
+        (7, 49),
+        (8, 58),
+        (9, 31),
+        (10, 32),
+        (16, 40),
+    ]
+    .iter()
+    .map(|(line, col)| format!("test.yaml:{}:{col}", line + b))
+    .collect();
+    assert_eq!(at, expected, "\n{shown}");
 }

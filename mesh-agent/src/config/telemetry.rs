@@ -78,20 +78,71 @@ pub(super) struct RawTelemetry {
 }
 
 impl Checker<'_> {
+    /// `node` is None when `node:` has errors: the port clash checks are
+    /// then skipped, as they would compare with values that are not there.
     pub(super) fn telemetry(
         &self,
         raw: &RawTelemetry,
-        node: &NodeConfig,
+        node: Option<&NodeConfig>,
     ) -> Result<TelemetrySettings, ConfigError> {
         let defaults = TelemetrySettings::default();
         let metrics_address = match &raw.metrics_address {
-            Some(a) => self.listen_address(a, "metrics_address")?,
-            None => defaults.metrics_address,
+            Some(a) => self.keep(self.listen_address(a, "metrics_address")),
+            None => Some(defaults.metrics_address),
         };
         let readiness_address = match &raw.readiness_address {
-            Some(a) => self.listen_address(a, "readiness_address")?,
-            None => defaults.readiness_address,
+            Some(a) => self.keep(self.listen_address(a, "readiness_address")),
+            None => Some(defaults.readiness_address),
         };
+        if let (Some(node), Some(metrics_address), Some(readiness_address)) =
+            (node, metrics_address, readiness_address)
+        {
+            self.keep(self.listener_clashes(raw, node, metrics_address, readiness_address));
+        }
+        let cluster_id = match &raw.cluster_id {
+            Some(t) => self.keep(self.label_text(t, "cluster_id")),
+            None => Some(defaults.cluster_id),
+        };
+        let cluster_domain = match &raw.cluster_domain {
+            Some(t) => self.keep(self.domain(t)),
+            None => Some(defaults.cluster_domain),
+        };
+        let (
+            Some(metrics_address),
+            Some(readiness_address),
+            Some(cluster_id),
+            Some(cluster_domain),
+        ) = (
+            metrics_address,
+            readiness_address,
+            cluster_id,
+            cluster_domain,
+        )
+        else {
+            return Err(self.reported());
+        };
+        Ok(TelemetrySettings {
+            metrics_address,
+            readiness_address,
+            istio_metrics: raw.istio_metrics.unwrap_or(defaults.istio_metrics),
+            access_log: raw.access_log.unwrap_or(defaults.access_log),
+            destination_requests: raw
+                .destination_requests
+                .unwrap_or(defaults.destination_requests),
+            cluster_id,
+            cluster_domain,
+            program_stats: raw.program_stats.unwrap_or(defaults.program_stats),
+        })
+    }
+
+    /// The telemetry listeners must not share a port with the node's.
+    fn listener_clashes(
+        &self,
+        raw: &RawTelemetry,
+        node: &NodeConfig,
+        metrics_address: SocketAddr,
+        readiness_address: SocketAddr,
+    ) -> Result<(), ConfigError> {
         let ours = [
             ("node.outbound_port", node.outbound_port),
             ("node.tunnel_port", node.tunnel_port),
@@ -133,26 +184,7 @@ impl Checker<'_> {
                 });
             }
         }
-        let cluster_id = match &raw.cluster_id {
-            Some(t) => self.label_text(t, "cluster_id")?,
-            None => defaults.cluster_id,
-        };
-        let cluster_domain = match &raw.cluster_domain {
-            Some(t) => self.domain(t)?,
-            None => defaults.cluster_domain,
-        };
-        Ok(TelemetrySettings {
-            metrics_address,
-            readiness_address,
-            istio_metrics: raw.istio_metrics.unwrap_or(defaults.istio_metrics),
-            access_log: raw.access_log.unwrap_or(defaults.access_log),
-            destination_requests: raw
-                .destination_requests
-                .unwrap_or(defaults.destination_requests),
-            cluster_id,
-            cluster_domain,
-            program_stats: raw.program_stats.unwrap_or(defaults.program_stats),
-        })
+        Ok(())
     }
 
     fn listen_address(&self, raw: &Text, key: &str) -> Result<SocketAddr, ConfigError> {
@@ -214,9 +246,9 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{ConfigError, parse_str};
+    use crate::config::{ConfigErrors, parse_str};
 
-    fn parse(telemetry: &str) -> Result<super::TelemetrySettings, ConfigError> {
+    fn parse(telemetry: &str) -> Result<super::TelemetrySettings, ConfigErrors> {
         let dir = tempfile::tempdir().expect("tempdir");
         let yaml = format!(
             "node:\n  name: n1\n  cgroup: {}\ntelemetry:\n{telemetry}",
@@ -227,6 +259,7 @@ mod tests {
 
     fn fails(telemetry: &str, line: Option<u64>, needle: &str) {
         let err = parse(telemetry).expect_err("must be rejected");
+        assert_eq!(err.len(), 1, "one mistake, one error; got:\n{err}");
         assert_eq!(err.line(), line, "{err}");
         assert!(err.reason().contains(needle), "{needle:?} not in: {err}");
     }

@@ -24,11 +24,13 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
 
+pub mod kubernetes;
 mod route_checks;
 #[cfg(test)]
 mod route_tests;
 pub mod routes;
 pub mod telemetry;
+pub use kubernetes::{CgroupDriver, KubernetesConfig};
 use route_checks::{RawGrpcRoute, RawHttp, RawHttpRoute, RawOutlierDetection};
 pub use routes::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
@@ -87,6 +89,8 @@ pub struct Config {
     pub grpc_routes: Vec<GrpcRoute>,
     /// The `telemetry:` section (metrics and readiness endpoints, access log, label names).
     pub telemetry: TelemetrySettings,
+    /// The `kubernetes:` section; `None`: the file is the only source.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// Settings of the node the agent runs on.
@@ -531,6 +535,7 @@ fn builtin_default() -> Config {
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),
         telemetry: TelemetrySettings::default(),
+        kubernetes: None,
     }
 }
 
@@ -755,6 +760,9 @@ struct RawConfig {
     /// `null` is the defaults, like an absent section.
     #[serde(default)]
     telemetry: Option<RawTelemetry>,
+    /// Present (even null) = the Kubernetes source is on.
+    #[serde(default, deserialize_with = "present")]
+    kubernetes: Option<Spanned<Option<kubernetes::RawKubernetes>>>,
 }
 
 #[derive(Deserialize)]
@@ -992,6 +1000,10 @@ impl Checker<'_> {
             Some(t) => self.telemetry(t, &node)?,
             None => TelemetrySettings::default(),
         };
+        let kubernetes = match &raw.kubernetes {
+            Some(k) => Some(self.kubernetes(k, &node.name)?),
+            None => None,
+        };
         Ok(Config {
             node,
             nodes,
@@ -1003,6 +1015,7 @@ impl Checker<'_> {
             http_routes,
             grpc_routes,
             telemetry,
+            kubernetes,
         })
     }
 

@@ -117,6 +117,9 @@ pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<()> {
     {
         bail!("telemetry addresses or program_stats changed; restart the agent to apply them");
     }
+    if new.kubernetes != old.kubernetes {
+        bail!("the `kubernetes` section changed; restart the agent to apply it");
+    }
     Ok(())
 }
 

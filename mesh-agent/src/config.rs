@@ -30,8 +30,10 @@ mod route_checks;
 mod route_tests;
 pub mod routes;
 pub mod telemetry;
+pub use kubernetes::check_api_policy;
 pub use kubernetes::{CgroupDriver, KubernetesConfig};
 use route_checks::{RawGrpcRoute, RawHttp, RawHttpRoute, RawOutlierDetection};
+pub use route_checks::{check_api_grpc_route, check_api_http_route};
 pub use routes::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
     HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpSettings,

@@ -44,6 +44,41 @@ pub enum CgroupDriver {
     Cgroupfs,
 }
 
+/// Reads an object from the API into the file's raw types: JSON is YAML, so the file's parser
+/// and its messages apply unchanged.
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ConfigError::Unlocated {
+        file: origin.to_owned(),
+        reason: format!("cannot render as JSON: {e}"),
+    })?;
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options(&text, options)
+        .map_err(|e| ConfigError::from_yaml(origin, &e))
+}
+
+/// Checks one MeshAuthorizationPolicy read from the API, given as JSON `{name, namespace,
+/// selector, action, rules}` (the CR's spec fields beside its name), with exactly the rules of
+/// the file's `authorization:` entries. Only the error's reason is meaningful.
+pub fn check_api_policy(
+    policy: &serde_json::Value,
+    origin: &str,
+) -> Result<super::AuthorizationPolicy, ConfigError> {
+    let raw: super::RawPolicy = from_json(policy, origin)?;
+    let checker = Checker {
+        origin,
+        checks: PathChecks::Skipped,
+    };
+    let mut policies = checker.policies(vec![raw])?;
+    policies.pop().ok_or_else(|| ConfigError::Unlocated {
+        file: origin.to_owned(),
+        reason: "no policy".to_owned(),
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKubernetes {

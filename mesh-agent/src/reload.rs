@@ -44,6 +44,12 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<()> {
 
 fn try_reload(shared: &Arc<Shared>, path: &Path) -> Result<String> {
     let config = config::load_file(path)?;
+    // With the Kubernetes source on, the file is the base the cluster's objects are merged
+    // into: refuse node-level changes now, then apply file + cluster.
+    if let Some(kube) = shared.kube.get() {
+        refuse_restart_only_changes(&shared.state().config, &config)?;
+        return kube.set_file(shared, config);
+    }
     apply(shared, config)
 }
 

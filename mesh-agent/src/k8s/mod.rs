@@ -12,6 +12,7 @@ use std::{
 
 use serde::Serialize;
 
+pub mod apply;
 pub mod crd;
 pub mod gateway;
 pub mod podcgroup;

@@ -260,3 +260,5 @@ pub fn merge(file: &Config, cluster: &ClusterModel) -> (Config, Vec<RejectedObje
 
 #[cfg(test)]
 mod merge_tests;
+#[cfg(test)]
+mod watch_tests;

@@ -129,8 +129,8 @@ pub fn find_pid(pod_cgroup: &Path) -> io::Result<Option<u32>> {
                     return Ok(Some(pid));
                 }
             }
-            // A cgroup removed while we walk: its siblings may still hold the pod.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Not a cgroup (a test tree) or removed while we walk: look below it anyway.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         let Ok(entries) = fs::read_dir(&dir) else {

@@ -2652,7 +2652,7 @@ services:
         assert_eq!(
             err.to_string(),
             format!(
-                "{}:4:1: unknown field `fast_path`, expected one of node, nodes, identity, workloads, services, authorization, http, http_routes, grpc_routes, telemetry",
+                "{}:4:1: unknown field `fast_path`, expected one of node, nodes, identity, workloads, services, authorization, http, http_routes, grpc_routes, telemetry, kubernetes",
                 path.display()
             )
         );

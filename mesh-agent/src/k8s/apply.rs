@@ -165,6 +165,8 @@ async fn applier(shared: Arc<Shared>, runtime: Arc<KubeRuntime>, mut handle: Sou
             }
             Ok(Err(e)) => {
                 failing = true;
+                // The objects may translate differently now (a process gone, a cgroup there).
+                handle.refresh();
                 let message = format!("{e:#}");
                 tracing::error!(error = %message, "cluster model not applied; retrying in 1 s");
                 shared.config_reloads.failed(message);

@@ -118,15 +118,19 @@ pub fn find_pod_cgroup(
     None
 }
 
-/// A process of the pod: the first pid in `cgroup.procs` of the pod cgroup or of any
-/// descendant (container) cgroup, breadth first. `None` when no process runs there yet.
+/// A process of the pod, from `cgroup.procs` of the pod cgroup or of any descendant
+/// (container) cgroup: the one that started first, which is the pod sandbox (pause) process
+/// that holds the pod's namespaces for the pod's whole life, so the path stays the same
+/// when an application container restarts. Without readable start times (processes gone),
+/// the first found, breadth first. `None` when no process runs there yet.
 pub fn find_pid(pod_cgroup: &Path) -> io::Result<Option<u32>> {
+    let mut found: Vec<u32> = Vec::new();
     let mut queue = std::collections::VecDeque::from([pod_cgroup.to_path_buf()]);
     while let Some(dir) = queue.pop_front() {
         match fs::read_to_string(dir.join("cgroup.procs")) {
             Ok(text) => {
                 if let Some(pid) = text.lines().find_map(|l| l.trim().parse::<u32>().ok()) {
-                    return Ok(Some(pid));
+                    found.push(pid);
                 }
             }
             // Not a cgroup (a test tree) or removed while we walk: look below it anyway.
@@ -144,7 +148,20 @@ pub fn find_pid(pod_cgroup: &Path) -> io::Result<Option<u32>> {
         children.sort();
         queue.extend(children);
     }
-    Ok(None)
+    let oldest = found
+        .iter()
+        .filter_map(|pid| start_time(*pid).map(|t| (t, *pid)))
+        .min()
+        .map(|(_, pid)| pid);
+    Ok(oldest.or_else(|| found.first().copied()))
+}
+
+/// When a process started (field 22 of /proc/PID/stat, in clock ticks since boot).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and ')'; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The network namespace file of `pid`.
@@ -271,11 +288,23 @@ mod tests {
             None,
             "no process yet"
         );
-        fs::write(pod.join("ctr-b/cgroup.procs"), "4242\n4243\n").expect("procs");
-        assert_eq!(find_pid(&pod).expect("walk"), Some(4242));
+        // Pids that do not exist here: no start times, so the first found.
+        fs::write(pod.join("ctr-b/cgroup.procs"), "4000000000\n4000000001\n").expect("procs");
+        assert_eq!(find_pid(&pod).expect("walk"), Some(4_000_000_000));
         assert_eq!(
             locate(dir.path(), CgroupDriver::Auto, Some(Qos::BestEffort), UID),
-            Some((pod, PathBuf::from("/proc/4242/ns/net")))
+            Some((pod.clone(), PathBuf::from("/proc/4000000000/ns/net")))
         );
+        // Real processes: the one that started first wins (pid 1 started before this test).
+        let me = std::process::id();
+        fs::write(pod.join("ctr-a/cgroup.procs"), format!("{me}\n")).expect("procs");
+        fs::write(pod.join("ctr-b/cgroup.procs"), "1\n").expect("procs");
+        assert_eq!(find_pid(&pod).expect("walk"), Some(1));
+    }
+
+    #[test]
+    fn start_time_reads_past_the_command_name() {
+        assert!(start_time(std::process::id()).is_some());
+        assert_eq!(start_time(4_000_000_000), None);
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! Stores work like kube's reflector: `Init` opens a buffer, `InitApply` fills it and
 //! `InitDone` replaces the whole set, so a re-list (after a 410 Expired) drops objects that
-//! were deleted while no watch was open. Watchers retry with kube's default backoff; three
-//! 410s in a row when *starting* a watch restart the watcher from a fresh list, because
-//! kube-runtime would otherwise retry the same expired resourceVersion forever.
+//! were deleted while no watch was open. Watchers retry with kube's default backoff; a 410
+//! when *starting* a watch restarts the watcher from a fresh list, because kube-runtime would
+//! otherwise retry the same expired resourceVersion forever (it re-lists only on a 410 ERROR
+//! event or a 410 on the list).
 
 use std::{
     collections::BTreeMap,
@@ -41,8 +42,9 @@ use super::{
 const COALESCE: Duration = Duration::from_millis(100);
 /// Pods whose cgroup or process is not there yet are looked for again this often.
 const PENDING_RETRY: Duration = Duration::from_secs(1);
-/// Consecutive 410s when starting a watch before the watcher is restarted with a list.
-const EXPIRED_STARTS_BEFORE_RESTART: u32 = 3;
+/// Pause before listing again after a 410 when starting a watch (no hot loop against a
+/// server that keeps refusing).
+const EXPIRED_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// The kinds watched, in the order of the `listed` flags.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +138,15 @@ pub struct SourceHandle {
     pub updates: watch::Receiver<Option<Arc<ClusterModel>>>,
     pub stats: Arc<SourceStats>,
     tasks: Vec<tokio::task::AbortHandle>,
+    inner: Arc<Inner>,
+}
+
+impl SourceHandle {
+    /// Translates the objects again now (e.g. after the model could not be applied because
+    /// a pod's process went away), publishing when the result differs.
+    pub fn refresh(&self) {
+        self.inner.changed.notify_one();
+    }
 }
 
 impl Drop for SourceHandle {
@@ -225,12 +236,13 @@ pub fn start(client: Client, settings: KubernetesConfig) -> SourceHandle {
             &inner,
             |o, v| o.grpc_routes = v,
         ),
-        tokio::spawn(aggregate(inner, settings, tx)).abort_handle(),
+        tokio::spawn(aggregate(inner.clone(), settings, tx)).abort_handle(),
     ];
     SourceHandle {
         updates: rx,
         stats,
         tasks,
+        inner,
     }
 }
 
@@ -285,7 +297,6 @@ async fn watch_kind<K>(
         let mut stream = watcher::watcher(api.clone(), config.clone())
             .default_backoff()
             .boxed();
-        let mut expired_starts = 0;
         while let Some(item) = stream.next().await {
             let event = match item {
                 Ok(event) => event,
@@ -312,19 +323,12 @@ async fn watch_kind<K>(
                     }
                     tracing::warn!(kind = kind.name(), error = %e, "watch failed; retrying");
                     if expired && matches!(e, watcher::Error::WatchStartFailed(_)) {
-                        expired_starts += 1;
-                        if expired_starts >= EXPIRED_STARTS_BEFORE_RESTART {
-                            tracing::warn!(
-                                kind = kind.name(),
-                                "watch keeps expiring; listing again"
-                            );
-                            break;
-                        }
+                        tokio::time::sleep(EXPIRED_RESTART_DELAY).await;
+                        break;
                     }
                     continue;
                 }
             };
-            expired_starts = 0;
             match event {
                 Event::Init => {
                     inner.stats.event(kind, "init");

@@ -397,6 +397,22 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_section_needs_a_restart() {
+        let dir = fixture();
+        let on = parse(&dir, "kubernetes:\n  root_namespace: a\n").expect("valid");
+        let other = parse(&dir, "kubernetes:\n  root_namespace: b\n").expect("valid");
+        let off = parse(&dir, "").expect("valid");
+        assert!(crate::reload::refuse_restart_only_changes(&on, &on).is_ok());
+        for (old, new) in [(&on, &other), (&on, &off), (&off, &on)] {
+            let err = crate::reload::refuse_restart_only_changes(old, new).expect_err("refused");
+            assert_eq!(
+                err.to_string(),
+                "the `kubernetes` section changed; restart the agent to apply it"
+            );
+        }
+    }
+
+    #[test]
     fn wrong_type() {
         fails("kubernetes: [a]\n", 4, 13, "");
     }

@@ -1229,12 +1229,14 @@ impl Checker<'_> {
             Some(t) => self.keep(self.telemetry(t, node_ok.then_some(&node))),
             None => Some(TelemetrySettings::default()),
         };
-        let (Some(identity), Some(http), Some(telemetry)) = (identity, http, telemetry) else {
-            return Err(self.reported());
-        };
         let kubernetes = match &raw.kubernetes {
-            Some(k) => Some(self.kubernetes(k, &node.name)?),
-            None => None,
+            Some(k) => self.keep(self.kubernetes(k, &node.name)).map(Some),
+            None => Some(None),
+        };
+        let (Some(identity), Some(http), Some(telemetry), Some(kubernetes)) =
+            (identity, http, telemetry, kubernetes)
+        else {
+            return Err(self.reported());
         };
         Ok(Config {
             node,

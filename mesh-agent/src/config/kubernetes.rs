@@ -68,11 +68,11 @@ pub fn check_api_policy(
     origin: &str,
 ) -> Result<super::AuthorizationPolicy, ConfigError> {
     let raw: super::RawPolicy = from_json(policy, origin)?;
-    let checker = Checker {
-        origin,
-        checks: PathChecks::Skipped,
-    };
-    let mut policies = checker.policies(vec![raw])?;
+    let checker = Checker::new(origin, PathChecks::Skipped);
+    let policies = checker.policies(vec![raw]);
+    let mut policies = checker
+        .finish(policies)
+        .map_err(super::ConfigErrors::into_first)?;
     policies.pop().ok_or_else(|| ConfigError::Unlocated {
         file: origin.to_owned(),
         reason: "no policy".to_owned(),
@@ -247,7 +247,7 @@ mod tests {
     fn parse(dir: &tempfile::TempDir, section: &str) -> Result<crate::config::Config, ConfigError> {
         let d = dir.path().display().to_string();
         let text = format!("node:\n  name: node1\n  cgroup: {d}/node\n{section}").replace("$D", &d);
-        parse_str(&text, "test.yaml")
+        parse_str(&text, "test.yaml").map_err(crate::config::ConfigErrors::into_first)
     }
 
     fn fails(section: &str, line: u64, column: u64, needle: &str) {

@@ -372,11 +372,11 @@ pub fn check_api_http_route(
     origin: &str,
 ) -> Result<HttpRoute, ConfigError> {
     let raw: Spanned<RawHttpRoute> = super::kubernetes::from_json(route, origin)?;
-    let checker = Checker {
-        origin,
-        checks: super::PathChecks::Skipped,
-    };
-    let mut routes = checker.http_routes(std::slice::from_ref(&raw), services)?;
+    let checker = Checker::new(origin, super::PathChecks::Skipped);
+    let routes = checker.http_routes(std::slice::from_ref(&raw), services);
+    let mut routes = checker
+        .finish(routes)
+        .map_err(super::ConfigErrors::into_first)?;
     routes.pop().ok_or_else(|| ConfigError::Unlocated {
         file: origin.to_owned(),
         reason: "no route".to_owned(),
@@ -390,11 +390,11 @@ pub fn check_api_grpc_route(
     origin: &str,
 ) -> Result<GrpcRoute, ConfigError> {
     let raw: Spanned<RawGrpcRoute> = super::kubernetes::from_json(route, origin)?;
-    let checker = Checker {
-        origin,
-        checks: super::PathChecks::Skipped,
-    };
-    let mut routes = checker.grpc_routes(std::slice::from_ref(&raw), services)?;
+    let checker = Checker::new(origin, super::PathChecks::Skipped);
+    let routes = checker.grpc_routes(std::slice::from_ref(&raw), services);
+    let mut routes = checker
+        .finish(routes)
+        .map_err(super::ConfigErrors::into_first)?;
     routes.pop().ok_or_else(|| ConfigError::Unlocated {
         file: origin.to_owned(),
         reason: "no route".to_owned(),

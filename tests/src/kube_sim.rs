@@ -1,0 +1,1 @@
+//! Kubernetes-style pods on simulated nodes (filled in below).

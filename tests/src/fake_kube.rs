@@ -304,11 +304,16 @@ impl FakeApi {
     /// Writes a kubeconfig for this server: plain http and a user without credentials, which
     /// kube accepts (what the agent gets through `kubernetes.kubeconfig`).
     pub fn kubeconfig(&self, path: &Path) -> Result<()> {
+        self.kubeconfig_for(path, &self.url())
+    }
+
+    /// A kubeconfig naming `server` (`http://host:port`): for a client that reaches this
+    /// server at another address than the one it is bound to (0.0.0.0, another netns).
+    pub fn kubeconfig_for(&self, path: &Path, server: &str) -> Result<()> {
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
-             users:\n- name: nobody\n  user: {{}}\ncurrent-context: fake\n",
-            self.url()
+             users:\n- name: nobody\n  user: {{}}\ncurrent-context: fake\n"
         );
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
@@ -426,6 +431,20 @@ impl FakeApi {
     pub fn fail_next_watches(&self, kind: &str, n: usize, status: u16) {
         let res = resource(kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind}"));
         self.add_failure(Some(res.kind), true, n, status);
+    }
+
+    /// Answers the next `n` requests of `kind`, lists and watches, with `status`. With a
+    /// large `n` this holds a kind's watcher off the server (it retries with backoff) until
+    /// [`FakeApi::clear_failures`]: changes made meanwhile are then seen only through the
+    /// resume (replay, or 410 and a re-list after [`FakeApi::compact`]), never live.
+    pub fn fail_next_requests(&self, kind: &str, n: usize, status: u16) {
+        let res = resource(kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind}"));
+        self.add_failure(Some(res.kind), false, n, status);
+    }
+
+    /// Drops every pending injected failure.
+    pub fn clear_failures(&self) {
+        self.shared.state().failures.clear();
     }
 
     fn add_failure(&self, kind: Option<&'static str>, watch_only: bool, n: usize, status: u16) {

@@ -140,6 +140,8 @@ pub struct ApiRequest {
     pub kind: Option<&'static str>,
     pub watch: bool,
     pub status: u16,
+    /// A watch answered with the 410 Expired ERROR event (its version was compacted).
+    pub expired: bool,
 }
 
 impl ApiRequest {
@@ -636,9 +638,11 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         kind: target.as_ref().map(|t| t.res.kind),
         watch,
         status: 200,
+        expired: false,
     };
-    let response = respond(shared, &mut state, req.method(), target, &query, watch);
+    let (response, expired) = respond(shared, &mut state, req.method(), target, &query, watch);
     log.status = response.status().as_u16();
+    log.expired = expired;
     state.requests.push(log);
     response
 }
@@ -650,7 +654,7 @@ fn respond(
     target: Option<Target>,
     query: &BTreeMap<String, String>,
     watch: bool,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let kind = target.as_ref().map(|t| t.res.kind);
     if let Some(rule) = state.failures.iter_mut().find(|f| {
         f.remaining > 0 && (f.kind.is_none() || f.kind == kind) && (!f.watch_only || watch)
@@ -659,21 +663,31 @@ fn respond(
         let code = rule.status;
         state.failures.retain(|f| f.remaining > 0);
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return status_response(status, "InternalError", "injected failure");
+        return (
+            status_response(status, "InternalError", "injected failure"),
+            false,
+        );
     }
     if method != Method::GET {
-        return status_response(
+        let r = status_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "the fake API server is read-only",
         );
+        return (r, false);
     }
     let Some(target) = target else {
-        return status_response(StatusCode::NOT_FOUND, "NotFound", "no such resource");
+        let r = status_response(StatusCode::NOT_FOUND, "NotFound", "no such resource");
+        return (r, false);
     };
     let selector = match Selector::from_query(query) {
         Ok(s) => s,
-        Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        Err(e) => {
+            return (
+                status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
+                false,
+            );
+        }
     };
     let filter = Filter {
         res: target.res,
@@ -686,7 +700,7 @@ fn respond(
             target.namespace.clone().unwrap_or_default(),
             name.clone(),
         );
-        return match state.objects.get(&key) {
+        let r = match state.objects.get(&key) {
             Some(o) => json_response(StatusCode::OK, o),
             None => status_response(
                 StatusCode::NOT_FOUND,
@@ -694,6 +708,7 @@ fn respond(
                 &format!("{} \"{name}\" not found", target.res.plural),
             ),
         };
+        return (r, false);
     }
     if watch {
         return start_watch(shared, state, filter, query);
@@ -704,7 +719,7 @@ fn respond(
         .filter(|((kind, _, _), o)| *kind == target.res.kind && filter.matches(o))
         .map(|(_, o)| o.clone())
         .collect();
-    json_response(
+    let list = json_response(
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", target.res.kind),
@@ -712,7 +727,8 @@ fn respond(
             "metadata": {"resourceVersion": state.rv.to_string()},
             "items": items,
         }),
-    )
+    );
+    (list, false)
 }
 
 /// Which objects one list or watch wants.
@@ -768,7 +784,7 @@ fn start_watch(
     state: &mut State,
     filter: Filter,
     query: &BTreeMap<String, String>,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let from: Option<u64> = query
         .get("resourceVersion")
         .filter(|rv| !rv.is_empty())
@@ -831,10 +847,11 @@ fn start_watch(
     let body = StreamBody::new(futures::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }));
-    Response::builder()
+    let response = Response::builder()
         .header("content-type", "application/json")
         .body(BodyExt::boxed(body))
-        .expect("static response parts")
+        .expect("static response parts");
+    (response, expired)
 }
 
 async fn stream_live(

@@ -171,6 +171,9 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
                         "config_reloads": shared.config_reloads.success.load(Ordering::Relaxed),
                         "config_reload_failures": shared.config_reloads.failure.load(Ordering::Relaxed),
                         "last_reload_error": *shared.config_reloads.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                        "source": if shared.kube.get().is_some() { "kubernetes" } else { "file" },
+                        "kubernetes_synced": shared.kube.get().map(|k| k.applied()),
+                        "rejected_objects": shared.kube.get().map(|k| k.rejected()).unwrap_or_default(),
                     },
                     "config": state.config,
                     "workloads": state.workloads,
@@ -178,7 +181,8 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
             )
         }
         "/healthz/ready" => {
-            if shared.ready.load(Ordering::Relaxed) {
+            let synced = shared.kube.get().is_none_or(|k| k.applied());
+            if shared.ready.load(Ordering::Relaxed) && synced {
                 json_response(StatusCode::OK, json!({"ready": true}))
             } else {
                 json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false}))

@@ -24,12 +24,16 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
 
+pub mod kubernetes;
 mod route_checks;
 #[cfg(test)]
 mod route_tests;
 pub mod routes;
 pub mod telemetry;
+pub use kubernetes::check_api_policy;
+pub use kubernetes::{CgroupDriver, KubernetesConfig};
 use route_checks::{RawGrpcRoute, RawHttp, RawHttpRoute, RawOutlierDetection};
+pub use route_checks::{check_api_grpc_route, check_api_http_route};
 pub use routes::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
     HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpSettings,
@@ -87,6 +91,8 @@ pub struct Config {
     pub grpc_routes: Vec<GrpcRoute>,
     /// The `telemetry:` section (metrics and readiness endpoints, access log, label names).
     pub telemetry: TelemetrySettings,
+    /// The `kubernetes:` section; `None`: the file is the only source.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// Settings of the node the agent runs on.
@@ -531,6 +537,7 @@ fn builtin_default() -> Config {
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),
         telemetry: TelemetrySettings::default(),
+        kubernetes: None,
     }
 }
 
@@ -755,6 +762,9 @@ struct RawConfig {
     /// `null` is the defaults, like an absent section.
     #[serde(default)]
     telemetry: Option<RawTelemetry>,
+    /// Present (even null) = the Kubernetes source is on.
+    #[serde(default, deserialize_with = "present")]
+    kubernetes: Option<Spanned<Option<kubernetes::RawKubernetes>>>,
 }
 
 #[derive(Deserialize)]
@@ -992,6 +1002,10 @@ impl Checker<'_> {
             Some(t) => self.telemetry(t, &node)?,
             None => TelemetrySettings::default(),
         };
+        let kubernetes = match &raw.kubernetes {
+            Some(k) => Some(self.kubernetes(k, &node.name)?),
+            None => None,
+        };
         Ok(Config {
             node,
             nodes,
@@ -1003,6 +1017,7 @@ impl Checker<'_> {
             http_routes,
             grpc_routes,
             telemetry,
+            kubernetes,
         })
     }
 

@@ -44,6 +44,12 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<()> {
 
 fn try_reload(shared: &Arc<Shared>, path: &Path) -> Result<String> {
     let config = config::load_file(path)?;
+    // With the Kubernetes source on, the file is the base the cluster's objects are merged
+    // into: refuse node-level changes now, then apply file + cluster.
+    if let Some(kube) = shared.kube.get() {
+        refuse_restart_only_changes(&shared.state().config, &config)?;
+        return kube.set_file(shared, config);
+    }
     apply(shared, config)
 }
 
@@ -116,6 +122,9 @@ pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<()> {
         || t.0.program_stats != t.1.program_stats
     {
         bail!("telemetry addresses or program_stats changed; restart the agent to apply them");
+    }
+    if new.kubernetes != old.kubernetes {
+        bail!("the `kubernetes` section changed; restart the agent to apply it");
     }
     Ok(())
 }

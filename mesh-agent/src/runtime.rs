@@ -79,6 +79,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Where the running config came from (a file path, or "embedded default").
     pub config_source: String,
+    /// The Kubernetes source, when the config has a `kubernetes:` section.
+    pub kube: std::sync::OnceLock<Arc<crate::k8s::apply::KubeRuntime>>,
     inbound_sessions: std::sync::Mutex<std::collections::VecDeque<InboundSession>>,
 }
 
@@ -340,6 +342,7 @@ pub async fn run(
         config_reloads: Default::default(),
         started: std::time::Instant::now(),
         config_source,
+        kube: Default::default(),
         inbound_sessions: Default::default(),
     });
     shared.tunnels.prepare(&shared.state().local_identities())?;
@@ -360,6 +363,14 @@ pub async fn run(
     )
     .await?;
     shared.config_reloads.succeeded();
+    // The cluster's objects join the file's once every watcher has listed; readiness waits.
+    let file_config = shared.state().config.clone();
+    if let Some(settings) = &file_config.kubernetes {
+        let kube = crate::k8s::apply::spawn(&shared, settings, file_config.clone())
+            .await
+            .context("cannot start the Kubernetes source")?;
+        let _ = shared.kube.set(kube);
+    }
     if let Some(path) = config_path {
         crate::reload::spawn(shared.clone(), path)?;
     }

@@ -359,6 +359,49 @@ pub(super) struct RawRetry {
 }
 
 // ---------------------------------------------------------------------------
+// Routes read from the Kubernetes API.
+
+/// Checks one HTTPRoute read from the API, given as JSON `{name, namespace, spec}` (spec in
+/// Gateway API camelCase, as the API returns it, apiserver defaults included), against
+/// `services`, with exactly the rules of the file's `http_routes:` entries. `origin` names
+/// the object in the error; only the error's reason is meaningful (positions are in a JSON
+/// rendering of the object).
+pub fn check_api_http_route(
+    route: &serde_json::Value,
+    services: &[Service],
+    origin: &str,
+) -> Result<HttpRoute, ConfigError> {
+    let raw: Spanned<RawHttpRoute> = super::kubernetes::from_json(route, origin)?;
+    let checker = Checker {
+        origin,
+        checks: super::PathChecks::Skipped,
+    };
+    let mut routes = checker.http_routes(std::slice::from_ref(&raw), services)?;
+    routes.pop().ok_or_else(|| ConfigError::Unlocated {
+        file: origin.to_owned(),
+        reason: "no route".to_owned(),
+    })
+}
+
+/// As [`check_api_http_route`], for a GRPCRoute.
+pub fn check_api_grpc_route(
+    route: &serde_json::Value,
+    services: &[Service],
+    origin: &str,
+) -> Result<GrpcRoute, ConfigError> {
+    let raw: Spanned<RawGrpcRoute> = super::kubernetes::from_json(route, origin)?;
+    let checker = Checker {
+        origin,
+        checks: super::PathChecks::Skipped,
+    };
+    let mut routes = checker.grpc_routes(std::slice::from_ref(&raw), services)?;
+    routes.pop().ok_or_else(|| ConfigError::Unlocated {
+        file: origin.to_owned(),
+        reason: "no route".to_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Validation and conversion.
 
 /// Which kind of route a rule belongs to, for the messages and the filters it accepts.

@@ -216,6 +216,35 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
         "Config loads by result (the initial load counts as a success)",
         reloads,
     );
+    if let Some(kube) = shared.kube.get() {
+        let events = Family::<Labels, Counter>::default();
+        for ((kind, kind_of_event), n) in kube.stats.events() {
+            events
+                .get_or_create(&vec![("kind", kind), ("type", kind_of_event)])
+                .inc_by(n);
+        }
+        r.register(
+            "kube_events",
+            "Watch events received from the Kubernetes API, by kind and type (init, init_apply, init_done, apply, delete)",
+            events,
+        );
+        let restarts = Family::<Labels, Counter>::default();
+        for ((kind, reason), n) in kube.stats.restarts() {
+            restarts
+                .get_or_create(&vec![("kind", kind), ("reason", reason)])
+                .inc_by(n);
+        }
+        r.register(
+            "kube_watch_restarts",
+            "Watches of the Kubernetes API that failed and were resumed, by kind and reason (expired: 410, error: anything else)",
+            restarts,
+        );
+        r.register(
+            "kube_rejected_objects",
+            "Kubernetes objects left out of the running model",
+            gauge(kube.rejected().len() as i64),
+        );
+    }
 
     let now = unix_now();
     let expiry = Family::<Labels, Gauge>::default();

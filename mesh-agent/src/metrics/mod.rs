@@ -106,6 +106,11 @@ pub fn readiness_problems(shared: &Shared) -> Vec<String> {
     if !shared.ready.load(Ordering::Relaxed) {
         problems.push("programs not attached or config not applied yet".to_owned());
     }
+    if let Some(kube) = shared.kube.get()
+        && !kube.applied()
+    {
+        problems.push("the Kubernetes source has not been synced and applied yet".to_owned());
+    }
     let wanted = shared.state().local_identities();
     let held = shared.identity.snapshot();
     for id in wanted {

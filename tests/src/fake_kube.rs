@@ -887,10 +887,10 @@ async fn stream_live(
             event = live.recv() => match event {
                 Ok(event) => {
                     last_rv = event.rv;
-                    if let Some(kind) = filter.event_for(&event) {
-                        if tx.send(watch_line(kind, &event.object)).await.is_err() {
-                            return;
-                        }
+                    if let Some(kind) = filter.event_for(&event)
+                        && tx.send(watch_line(kind, &event.object)).await.is_err()
+                    {
+                        return;
                     }
                 }
                 // Lagged: this watch cannot promise every event any more; ending it makes the

@@ -64,10 +64,10 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let current = self.source.updates.borrow_and_update().clone();
-            if let Some(model) = current {
-                if check(&model) {
-                    return model;
-                }
+            if let Some(model) = current
+                && check(&model)
+            {
+                return model;
             }
             let changed = tokio::time::timeout_at(deadline, self.source.updates.changed()).await;
             if changed.is_err() {

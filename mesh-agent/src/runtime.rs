@@ -304,7 +304,8 @@ pub async fn run(
             agent_cgroup_id,
             outbound_port: node.outbound_port,
             fast_path: u8::from(node.fast_path),
-            _pad: [0; 5],
+            _pad: 0,
+            node_cgroup_level: ebpf::cgroup_level(&node.cgroup)?,
         },
     )?;
     let maps = datapath.shared_maps()?;

@@ -68,8 +68,21 @@ pub struct AgentConfig {
     pub outbound_port: u16,
     /// 1 when the sk_msg same-node fast path may redirect.
     pub fast_path: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Level of the node cgroup (the one the programs attach to) in the cgroup v2 hierarchy:
+    /// 0 for the root, 1 for a direct child, and so on, as the kernel counts levels for
+    /// `bpf_get_current_ancestor_cgroup_id`. A socket whose own cgroup is not a workload is
+    /// matched to the nearest workload among its ancestors at levels
+    /// `node_cgroup_level + 1 ..= node_cgroup_level + ANCESTOR_LEVELS` (on Kubernetes the
+    /// processes run in container cgroups below the pod cgroup that is the workload).
+    pub node_cgroup_level: u32,
 }
+
+/// How many levels below the node cgroup the programs look for a workload cgroup that is an
+/// ancestor of a socket's cgroup. Three covers a pod cgroup with the programs attached at the
+/// cgroup root or at `kubepods[.slice]`: Guaranteed pods sit one level below `kubepods`,
+/// Burstable and BestEffort pods two (under their QoS cgroup).
+pub const ANCESTOR_LEVELS: u32 = 3;
 
 /// A meshed destination: a service VIP or an endpoint address, with a port.
 #[repr(C)]

@@ -1,9 +1,12 @@
 //! Helpers shared by the programs: counters, config, address conversion and policy lookup.
 
 use aya_ebpf::helpers::bpf_get_current_cgroup_id;
-use mesh_common::{AgentConfig, CONFIG_INDEX, POLICY_FIXED_BITS, PolicyKey, SockKey, is_loopback};
+use mesh_common::{
+    ANCESTOR_LEVELS, AgentConfig, CONFIG_INDEX, POLICY_FIXED_BITS, PolicyKey, SockKey,
+    WorkloadValue, is_loopback,
+};
 
-use crate::maps::{MESH_CONFIG, MESH_STATS};
+use crate::maps::{MESH_CONFIG, MESH_STATS, MESH_WORKLOADS};
 
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
@@ -119,6 +122,50 @@ pub fn config() -> Option<AgentConfig> {
 #[inline(always)]
 pub fn current_cgroup() -> u64 {
     unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// The workload a socket belongs to, from the socket's own cgroup id (`own`): that cgroup if
+/// it is a workload cgroup, else its nearest ancestor that is one, at most
+/// [`ANCESTOR_LEVELS`] levels below the node cgroup. Returns the workload's cgroup id (the
+/// key of `MESH_WORKLOADS`, of the policy maps and of what userspace attributes flows by)
+/// and its entry.
+///
+/// On Kubernetes the workload is the pod cgroup and the processes live in container cgroups
+/// below it, so the exact lookup misses for every pod process. `ancestor(level)` is the
+/// program type's ancestor helper (`bpf_get_current_ancestor_cgroup_id` or
+/// `bpf_skb_ancestor_cgroup_id`); it returns 0 for a level deeper than the cgroup itself.
+///
+/// Deepest level first: the nearest enclosing workload owns the process, so a workload
+/// cgroup declared inside another workload's cgroup keeps its own processes (the exact lookup
+/// is the deepest case of the same rule). Processes outside any workload (host processes, the
+/// agent) cost at most `ANCESTOR_LEVELS` helper calls and hash lookups, only on a miss.
+#[inline(always)]
+pub fn workload_of(own: u64, ancestor: impl Fn(i32) -> u64) -> Option<(u64, WorkloadValue)> {
+    if let Some(w) = unsafe { MESH_WORKLOADS.get(own) } {
+        return Some((own, *w));
+    }
+    enclosing_workload(own, ancestor)
+}
+
+/// The ancestor half of [`workload_of`], for a caller that has done the exact lookup itself.
+#[inline(always)]
+pub fn enclosing_workload(own: u64, ancestor: impl Fn(i32) -> u64) -> Option<(u64, WorkloadValue)> {
+    let node_level = config()?.node_cgroup_level;
+    // A fixed trip count the verifier sees through (unrolled by LLVM).
+    let mut step = 0;
+    while step < ANCESTOR_LEVELS {
+        let level = node_level + ANCESTOR_LEVELS - step;
+        step += 1;
+        let id = ancestor(level as i32);
+        // 0: the socket's cgroup is shallower than `level`; `own`: already looked up.
+        if id == 0 || id == own {
+            continue;
+        }
+        if let Some(w) = unsafe { MESH_WORKLOADS.get(id) } {
+            return Some((id, *w));
+        }
+    }
+    None
 }
 
 /// A u32 holding an IPv4 address in network order (as the kernel gives it) -> mapped bytes.

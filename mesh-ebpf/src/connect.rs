@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -14,12 +14,10 @@ use mesh_common::{OrigDst, ServiceKey, WORKLOAD_EGRESS_POLICY, stat};
 use crate::{
     common::{
         AF_INET, AF_INET6, FULL_PREFIX, IPPROTO_TCP, bump, config, current_cgroup, mapped_v4,
-        policy_key, v6_bytes,
+        policy_key, v6_bytes, workload_of,
     },
     ctx_u32,
-    maps::{
-        MESH_EGRESS_POLICY, MESH_LISTENERS, MESH_ORIG_DST_BY_COOKIE, MESH_SERVICES, MESH_WORKLOADS,
-    },
+    maps::{MESH_EGRESS_POLICY, MESH_LISTENERS, MESH_ORIG_DST_BY_COOKIE, MESH_SERVICES},
 };
 
 const ALLOW: i32 = 1;
@@ -101,13 +99,22 @@ fn decide(ctx: &SockAddrContext, dst: [u8; 16], port: u16, family: u32) -> Decis
     if cgroup == cfg.agent_cgroup_id {
         return Decision::Allow;
     }
-    if let Some(workload) = unsafe { MESH_WORKLOADS.get(cgroup) }
+    let workload = workload_of(cgroup, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    });
+    if let Some((workload_cgroup, workload)) = workload
         && workload.flags & WORKLOAD_EGRESS_POLICY != 0
-        && !egress_allowed(cgroup, port, dst)
+        && !egress_allowed(workload_cgroup, port, dst)
     {
         bump(stat::CONNECT_DENIED, 1);
         return Decision::Deny;
     }
+    // The agent attributes the connection by this id: the workload's cgroup, not the
+    // container cgroup below it that the caller runs in.
+    let source_cgroup = match workload {
+        Some((workload_cgroup, _)) => workload_cgroup,
+        None => cgroup,
+    };
     let key = ServiceKey {
         ip: dst,
         port,
@@ -128,7 +135,7 @@ fn decide(ctx: &SockAddrContext, dst: [u8; 16], port: u16, family: u32) -> Decis
         port,
         family: family as u16,
         _pad: 0,
-        cgroup_id: cgroup,
+        cgroup_id: source_cgroup,
     };
     if MESH_ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
         // Without the record the agent could not forward; better to leave it alone.

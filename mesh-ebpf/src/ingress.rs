@@ -18,12 +18,15 @@
 //! has any.
 
 use aya_ebpf::{
-    helpers::bpf_skb_cgroup_id, macros::cgroup_skb, maps::lpm_trie::Key, programs::SkBuffContext,
+    helpers::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
+    maps::lpm_trie::Key,
+    programs::SkBuffContext,
 };
 use mesh_common::{AgentOriginKey, WORKLOAD_INGRESS_POLICY, WORKLOAD_STRICT, is_loopback, stat};
 
 use crate::{
-    common::{FULL_PREFIX, bump, policy_key},
+    common::{FULL_PREFIX, bump, enclosing_workload, policy_key},
     ctx_u32,
     maps::{MESH_AGENT_ORIGINS, MESH_INGRESS_POLICY, MESH_WORKLOADS},
 };
@@ -50,18 +53,33 @@ struct Syn {
 pub fn mesh_ingress(ctx: SkBuffContext) -> i32 {
     // The only context field this program reads: once, unconditionally (see `ctx_u32!`).
     let protocol = ctx_u32!((*ctx.skb.skb).protocol);
-    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let Some(workload) = (unsafe { MESH_WORKLOADS.get(cgroup) }) else {
-        return PASS;
-    };
-    let flags = workload.flags;
-    if flags & (WORKLOAD_INGRESS_POLICY | WORKLOAD_STRICT) == 0 {
+    let skb = ctx.skb.skb;
+    // The receiving socket's cgroup. Only SYNs are judged, so for a socket outside a workload
+    // cgroup (on Kubernetes every pod socket: it is in a container cgroup below the pod
+    // cgroup) the ancestor walk waits until the packet is known to be a SYN.
+    let own = unsafe { bpf_skb_cgroup_id(skb) };
+    let exact = unsafe { MESH_WORKLOADS.get(own) }.map(|w| w.flags);
+    if let Some(flags) = exact
+        && flags & (WORKLOAD_INGRESS_POLICY | WORKLOAD_STRICT) == 0
+    {
         return PASS;
     }
     let proto = u32::from(u16::from_be(protocol as u16));
     let Some(syn) = parse_syn(&ctx, proto) else {
         return PASS;
     };
+    let (cgroup, flags) = match exact {
+        Some(flags) => (own, flags),
+        None => match enclosing_workload(own, |level| unsafe {
+            bpf_skb_ancestor_cgroup_id(skb, level)
+        }) {
+            Some((cgroup, workload)) => (cgroup, workload.flags),
+            None => return PASS,
+        },
+    };
+    if flags & (WORKLOAD_INGRESS_POLICY | WORKLOAD_STRICT) == 0 {
+        return PASS;
+    }
     judge(cgroup, flags, &syn)
 }
 
@@ -100,39 +118,43 @@ fn judge(cgroup: u64, flags: u32, syn: &Syn) -> i32 {
 }
 
 /// The addresses and ports of a TCP SYN without ACK; None for any other packet. `proto` is
-/// the skb's ethertype (host order).
+/// the skb's ethertype (host order). The flags are checked before the addresses are read:
+/// most packets are not SYNs, and this runs for every packet to a socket outside a workload
+/// cgroup (see `mesh_ingress`).
 #[inline(always)]
 fn parse_syn(ctx: &SkBuffContext, proto: u32) -> Option<Syn> {
-    let (src, dst, l4) = if proto == ETH_P_IP {
+    let v4 = proto == ETH_P_IP;
+    let l4 = if v4 {
         let vihl: u8 = ctx.load(0).ok()?;
         let ip_proto: u8 = ctx.load(9).ok()?;
         if ip_proto != IPPROTO_TCP {
             return None;
         }
-        let src: [u8; 4] = ctx.load(12).ok()?;
-        let dst: [u8; 4] = ctx.load(16).ok()?;
-        (
-            mesh_common::v4_mapped(src),
-            mesh_common::v4_mapped(dst),
-            usize::from(vihl & 0x0f) * 4,
-        )
+        usize::from(vihl & 0x0f) * 4
     } else if proto == ETH_P_IPV6 {
         // Extension headers before TCP are rare on the node's own traffic; such packets pass.
         let next: u8 = ctx.load(6).ok()?;
         if next != IPPROTO_TCP {
             return None;
         }
-        let src: [u8; 16] = ctx.load(8).ok()?;
-        let dst: [u8; 16] = ctx.load(24).ok()?;
-        (src, dst, 40)
+        40
     } else {
         return None;
     };
-    let ports: [u8; 4] = ctx.load(l4).ok()?;
     let tcp_flags: u8 = ctx.load(l4 + 13).ok()?;
     if tcp_flags & TCP_FLAG_SYN == 0 || tcp_flags & TCP_FLAG_ACK != 0 {
         return None;
     }
+    let (src, dst) = if v4 {
+        let src: [u8; 4] = ctx.load(12).ok()?;
+        let dst: [u8; 4] = ctx.load(16).ok()?;
+        (mesh_common::v4_mapped(src), mesh_common::v4_mapped(dst))
+    } else {
+        let src: [u8; 16] = ctx.load(8).ok()?;
+        let dst: [u8; 16] = ctx.load(24).ok()?;
+        (src, dst)
+    };
+    let ports: [u8; 4] = ctx.load(l4).ok()?;
     Some(Syn {
         src,
         dst,

@@ -17,7 +17,10 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, bpf_sock_ops,
     },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_ktime_get_ns,
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -27,7 +30,7 @@ use mesh_common::{
 };
 
 use crate::{
-    common::{AF_INET, AF_INET6, Tuple, bump, config, current_cgroup},
+    common::{AF_INET, AF_INET6, Tuple, bump, config, current_cgroup, workload_of},
     ctx_u32,
     maps::{
         MESH_AGENT_ORIGINS, MESH_CONNS, MESH_EVENTS, MESH_ORIG_DST_BY_CLIENT,
@@ -227,7 +230,15 @@ fn on_established(ctx: &SockOpsContext, direction: u32) {
     } else if direction == CONN_ACTIVE {
         // The SYN-ACK is usually processed while the connect() caller is current (loopback and
         // veth deliver synchronously), which attributes passthrough connections well enough.
-        cgroup_id = current_cgroup();
+        // Recorded as the workload's cgroup (the pod's, not its container's) when the caller
+        // belongs to one, so that userspace finds the workload by this id.
+        let own = current_cgroup();
+        cgroup_id = match workload_of(own, |level| unsafe {
+            bpf_get_current_ancestor_cgroup_id(level)
+        }) {
+            Some((workload_cgroup, _)) => workload_cgroup,
+            None => own,
+        };
     }
     // The SYN is already counted in bytes_acked of an active opener: the baseline removes it.
     let base = read_counters(ctx.ops);

@@ -537,6 +537,32 @@ impl Mesh {
     pub fn placement(&self, workload: &str) -> Placement {
         self.sim.workload(workload).placement()
     }
+
+    /// The workload's container cgroup `<workload cgroup>/ctr` in its netns: where kubelet
+    /// would run the pod's processes.
+    pub fn container(&self, workload: &str) -> Placement {
+        self.sim.workload(workload).container_placement()
+    }
+
+    /// Runs mesh-probe at a placement (e.g. [`Mesh::container`]) and parses its last JSON line.
+    pub fn probe_at(&self, placement: &Placement, args: &[&str]) -> Result<Value> {
+        let out = self.sim.run(placement, &self.bins.probe, args)?;
+        parse_last_json(&out.stdout).with_context(|| {
+            format!(
+                "mesh-probe {args:?} in {}: status {}, stderr: {}",
+                placement.cgroup.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Starts a long-running mesh-probe server at a placement; waits until it listens.
+    pub fn serve_at(&self, placement: &Placement, args: &[&str]) -> Result<Proc> {
+        let mut proc = self.sim.spawn(placement, &self.bins.probe, args)?;
+        proc.wait_for_stdout("listening", Duration::from_secs(20))?;
+        Ok(proc)
+    }
 }
 
 impl Drop for Mesh {

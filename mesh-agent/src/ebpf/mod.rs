@@ -2,6 +2,7 @@
 
 mod addr;
 mod events;
+mod level;
 mod load;
 mod maps;
 mod probe;
@@ -9,6 +10,7 @@ mod stats;
 
 pub use addr::{bytes_to_ip, ip_to_bytes};
 pub use events::spawn_event_reader;
+pub use level::cgroup_level;
 pub use load::{DataPath, remove_pins};
 pub use maps::SharedMaps;
 pub use probe::require_root;

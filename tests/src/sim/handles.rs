@@ -11,6 +11,21 @@ pub struct Placement {
     pub netns_path: PathBuf,
 }
 
+/// Name of the "container" cgroup the sim creates below a pod cgroup: kubelet runs a pod's
+/// processes in container cgroups below the pod cgroup, which itself holds no process.
+pub const CONTAINER_CGROUP: &str = "ctr";
+
+impl Placement {
+    /// Same netns, in the child cgroup `name` of this placement's cgroup (created when a
+    /// process is started there).
+    pub fn below(&self, name: &str) -> Placement {
+        Placement {
+            cgroup: self.cgroup.join(name),
+            netns_path: self.netns_path.clone(),
+        }
+    }
+}
+
 /// A simulated node: its own netns attached to the shared bridge.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
@@ -64,6 +79,12 @@ pub struct WorkloadHandle {
 impl WorkloadHandle {
     pub fn placement(&self) -> Placement {
         Placement::from(self)
+    }
+
+    /// The workload's netns, in its container cgroup `<workload cgroup>/ctr` (the Kubernetes
+    /// layout: the mesh must find the workload from a descendant of its cgroup).
+    pub fn container_placement(&self) -> Placement {
+        self.placement().below(CONTAINER_CGROUP)
     }
 }
 

@@ -5,7 +5,9 @@
 //! - node `N` (index i, 1-based): netns `P-N`, `eth0` = 10.200.0.i/24,
 //!   ip_forward=1, route 10.1.j.0/24 via 10.200.0.j for every other node j;
 //!   cgroup `/sys/fs/cgroup/unified/P/N` (mesh programs attach here) with
-//!   `agent`, `tools`, `pods/<pod>` and `host/<workload>` below it.
+//!   `agent`, `tools`, `pods/<pod>` (or a kubelet-style path given to
+//!   [`Sim::add_pod_with_cgroup`]) and `host/<workload>` below it; a workload's
+//!   processes may run in its container cgroup `<workload cgroup>/ctr`.
 //! - pod k (0-based) on node i: netns `P-N-<pod>`, `eth0` = 10.1.i.(4k+2)/30,
 //!   default via the node end `p<k>` = 10.1.i.(4k+1)/30.
 //! - host workloads share the node netns and use the node IP.
@@ -35,7 +37,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 
 pub use cgroup::CGROUP_ROOT;
 pub use cleanup::cleanup_stale;
-pub use handles::{NodeHandle, Placement, WorkloadHandle};
+pub use handles::{CONTAINER_CGROUP, NodeHandle, Placement, WorkloadHandle};
 pub use naming::STALE_PREFIX;
 pub use netns::{NETNS_DIR, list as list_netns};
 pub use privileges::require_privileges;
@@ -168,9 +170,32 @@ impl Sim {
         })
     }
 
-    /// Adds a pod with its own netns behind a /30 veth to `node`.
+    /// Adds a pod with its own netns behind a /30 veth to `node`, with the cgroup
+    /// `<node cgroup>/pods/<name>`.
     pub fn add_pod(&mut self, node: &str, name: &str) -> Result<WorkloadHandle> {
+        let cgroup = Path::new("pods").join(name);
+        self.add_pod_with_cgroup(node, name, &cgroup)
+    }
+
+    /// Like [`Sim::add_pod`], with the pod cgroup at `cgroup` relative to the node cgroup,
+    /// e.g. kubelet's `kubepods/burstable/pod<uid>` (Burstable) or `kubepods/pod<uid>`
+    /// (Guaranteed, one level shallower). Run processes in
+    /// [`WorkloadHandle::container_placement`] for kubelet's layout.
+    pub fn add_pod_with_cgroup(
+        &mut self,
+        node: &str,
+        name: &str,
+        cgroup: &Path,
+    ) -> Result<WorkloadHandle> {
         naming::validate_name("pod", name)?;
+        ensure!(
+            !cgroup.as_os_str().is_empty()
+                && cgroup
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "pod cgroup {} must be a relative path below the node cgroup",
+            cgroup.display()
+        );
         self.ensure_new_workload(name)?;
         let node = self.find_node(node)?.clone();
         let slot = self.pod_slots.entry(node.name.clone()).or_insert(0);
@@ -178,7 +203,7 @@ impl Sim {
         let (gw, ip) = naming::pod_ips(node.index, k)?;
         *slot += 1;
         let pod = self
-            .setup_pod(&node, k, name, gw, ip)
+            .setup_pod(&node, k, name, gw, ip, &node.cgroup.join(cgroup))
             .with_context(|| format!("adding pod {name} on node {}", node.name))?;
         self.workloads.push(pod.clone());
         Ok(pod)
@@ -191,10 +216,11 @@ impl Sim {
         name: &str,
         gw: Ipv4Addr,
         ip: Ipv4Addr,
+        cgroup: &Path,
     ) -> Result<WorkloadHandle> {
         let ns = naming::netns_name(&[&self.prefix, &node.name, name]);
         let netns_path = self.create_netns(&ns)?;
-        let cgroup = node.cgroup.join("pods").join(name);
+        let cgroup = cgroup.to_path_buf();
         cgroup::create(&cgroup)?;
 
         let port = naming::pod_port(k);

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::fake_kube::{self, FakeApi, PodBuilder};
 use crate::mesh::{Binaries, Mesh};
-use crate::sim::{Placement, Proc};
+use crate::sim::{CONTAINER_CGROUP, Placement, Proc};
 
 /// The namespace label that enrols a namespace (the agent's default).
 pub const ENROLLMENT_LABEL: &str = "mesh.example.io/mode";
@@ -74,15 +74,14 @@ pub struct KubePod {
 }
 
 impl KubePod {
-    /// Where the pod's processes run.
-    // H1: kubelet puts processes in container cgroups below the pod cgroup (`<pod>/ctr`), and
-    // the pod cgroup holds none. Until the kernel matches a container cgroup to its pod
-    // (branch i6-kernel), processes go into the pod cgroup itself.
+    /// Where the pod's processes run: kubelet's layout, a container cgroup below the pod
+    /// cgroup (which itself holds no process); the kernel finds the pod from it.
     pub fn placement(&self) -> Placement {
         Placement {
             cgroup: self.cgroup.clone(),
             netns_path: self.netns_path.clone(),
         }
+        .below(CONTAINER_CGROUP)
     }
 
     /// The Pod object as the API would show it (Running, IP, QoS, labels, service account).
@@ -152,34 +151,33 @@ impl KubeMesh {
         self.api.apply(fake_kube::namespace(name, labels));
     }
 
-    /// Creates the pod's netns, IP and cgroup (systemd driver), and starts a long-lived
-    /// process in it (kubelet's pause container: the agent finds the pod's netns through a
-    /// process in its cgroup). The Pod object is not published: call [`KubeMesh::publish`].
+    /// Creates the pod's netns, IP and cgroup (systemd driver, QoS class `qos`), and starts a
+    /// long-lived process in its container cgroup (kubelet's pause container: the agent finds
+    /// the pod's netns through a process below its cgroup). The Pod object is not published:
+    /// call [`KubeMesh::publish`].
     pub fn add_pod(
         &mut self,
         node: &str,
         namespace: &str,
         name: &str,
+        qos: &str,
         labels: &[(&str, &str)],
         service_account: Option<&str>,
     ) -> Result<KubePod> {
-        let handle = self.mesh.sim.add_pod(node, name)?;
         self.uids += 1;
         let uid = format!("{:08x}-5a1e-4c0d-9e7f-{:012x}", self.uids, 0xfeed_0000u64);
-        let qos = "BestEffort".to_string();
-        let node_cgroup = self.mesh.sim.node(node).cgroup.clone();
-        let cgroup = kubelet_pod_cgroup(&node_cgroup, Driver::Systemd, &qos, &uid);
-        std::fs::create_dir_all(&cgroup)
-            .with_context(|| format!("creating pod cgroup {}", cgroup.display()))?;
+        // Relative to the node cgroup, which plays the cgroup2 root (kubepods_root).
+        let relative = kubelet_pod_cgroup(Path::new(""), Driver::Systemd, qos, &uid);
+        let handle = self.mesh.sim.add_pod_with_cgroup(node, name, &relative)?;
         let pod = KubePod {
             namespace: namespace.to_string(),
             name: name.to_string(),
             node: node.to_string(),
             uid,
-            qos,
+            qos: qos.to_string(),
             ip: handle.ip,
             netns_path: handle.netns_path.clone(),
-            cgroup,
+            cgroup: handle.cgroup.clone(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

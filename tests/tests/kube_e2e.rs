@@ -180,13 +180,22 @@ fn policy_deny(principal: &str) -> Value {
 fn objects_reach_model_maps_and_traffic() {
     let mut km = kube_mesh("kube-e2e");
     km.namespace(NS, true);
-    km.add_pod("node1", NS, "client", &[("app", "client")], Some("client"))
-        .expect("pod client");
-    for v in ["web-v1", "web-v2"] {
+    km.add_pod(
+        "node1",
+        NS,
+        "client",
+        "Burstable",
+        &[("app", "client")],
+        Some("client"),
+    )
+    .expect("pod client");
+    // Guaranteed pods sit one level higher (kubepods.slice/kubepods-pod<uid>.slice).
+    for (v, qos) in [("web-v1", "BestEffort"), ("web-v2", "Guaranteed")] {
         km.add_pod(
             "node2",
             NS,
             v,
+            qos,
             &[("app", "web"), ("version", v)],
             Some("web"),
         )
@@ -353,7 +362,7 @@ fn pod_deleted_during_expired_watch_leaves_the_maps() {
     let mut km = kube_mesh("kube-exp");
     km.namespace(NS, true);
     for p in ["keep", "gone"] {
-        km.add_pod("node1", NS, p, &[("app", p)], None)
+        km.add_pod("node1", NS, p, "BestEffort", &[("app", p)], None)
             .expect("pod");
         km.publish(p);
     }

@@ -765,3 +765,58 @@ async fn policy_watch_errors_and_expiry_lose_nothing() {
     })
     .await;
 }
+
+/// Slice `name` holds one endpoint whose address encodes the name (10.1.1.<first byte>).
+fn slice_ip(name: &str) -> IpAddr {
+    IpAddr::from([10, 1, 1, name.as_bytes()[0]])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slice_watch_errors_and_expiry_lose_nothing() {
+    let mut cluster = Cluster::start(|api, _| {
+        api.apply(enrolled("demo"));
+        api.apply(web_service(80, 8080));
+    })
+    .await;
+    let make = |name: &str| {
+        fake_kube::endpoint_slice(
+            "demo",
+            name,
+            "web",
+            &[(Some("http-web"), 8080)],
+            &[fake_kube::endpoint(
+                slice_ip(name),
+                NODE,
+                &format!("web-{name}"),
+            )],
+        )
+    };
+    let present = |m: &ClusterModel| {
+        let Some(web) = m.services.iter().find(|s| s.name == "web") else {
+            return BTreeSet::new();
+        };
+        ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .filter(|n| web.endpoints.iter().any(|e| e.ip == slice_ip(n)))
+            .map(str::to_string)
+            .collect()
+    };
+    loses_nothing(&mut cluster, "EndpointSlice", "demo", make, present).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_route_watch_errors_and_expiry_lose_nothing() {
+    let mut cluster = Cluster::start(|api, _| {
+        api.apply(enrolled("demo"));
+        http_services(api);
+    })
+    .await;
+    let make = |name: &str| fake_kube::http_route("demo", name, "web", canary("web-v2"));
+    let present = |m: &ClusterModel| {
+        m.http_routes_raw
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    loses_nothing(&mut cluster, "HTTPRoute", "demo", make, present).await;
+}

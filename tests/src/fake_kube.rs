@@ -182,6 +182,8 @@ struct State {
     failures: Vec<FailRule>,
     requests: Vec<ApiRequest>,
     watches_started: BTreeMap<&'static str, usize>,
+    /// Kinds whose CRD is "not installed": every path of theirs answers 404.
+    uninstalled: Vec<&'static str>,
 }
 
 /// What [`FakeApi::end_watches`] tells every open watch.
@@ -444,6 +446,13 @@ impl FakeApi {
         self.add_failure(Some(res.kind), false, n, status);
     }
 
+    /// Makes `kind` answer 404 everywhere, like a cluster without its CRD (e.g. no Gateway
+    /// API installed).
+    pub fn uninstall(&self, kind: &str) {
+        let res = resource(kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind}"));
+        self.shared.state().uninstalled.push(res.kind);
+    }
+
     /// Drops every pending injected failure.
     pub fn clear_failures(&self) {
         self.shared.state().failures.clear();
@@ -676,7 +685,7 @@ fn respond(
         );
         return (r, false);
     }
-    let Some(target) = target else {
+    let Some(target) = target.filter(|t| !state.uninstalled.contains(&t.res.kind)) else {
         let r = status_response(StatusCode::NOT_FOUND, "NotFound", "no such resource");
         return (r, false);
     };

@@ -820,3 +820,31 @@ async fn http_route_watch_errors_and_expiry_lose_nothing() {
     };
     loses_nothing(&mut cluster, "HTTPRoute", "demo", make, present).await;
 }
+
+/// A cluster without the Gateway API CRDs (404 on their paths) still gets a model: the route
+/// kinds count as listed and empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_route_crds_do_not_block_the_model() {
+    let pod = fake_kube::pod("demo", "web", NODE).ip(ip("10.1.1.2"));
+    let mut cluster = Cluster::start(|api, root| {
+        api.uninstall("HTTPRoute");
+        api.uninstall("GRPCRoute");
+        api.apply(enrolled("demo"));
+        pod_cgroup(root, &pod);
+        api.apply(&pod);
+    })
+    .await;
+    let model = cluster
+        .until("pod web", |m| m.workloads.iter().any(|w| w.name == "web"))
+        .await;
+    assert!(model.http_routes_raw.is_empty() && model.grpc_routes_raw.is_empty());
+    assert!(
+        cluster
+            .api
+            .requests()
+            .iter()
+            .any(|r| r.kind == Some("HTTPRoute") && r.status == 404),
+        "{}",
+        cluster.api.requests_text()
+    );
+}

@@ -284,6 +284,32 @@ fn objects_reach_model_maps_and_traffic() {
         assert_eq!(curl(&km, "client", WEB, &[]), (200, "web-v1".into()));
     }
 
+    // Update the route: the canary header now goes to web-v1 as well.
+    km.api.apply(fake_kube::http_route(
+        NS,
+        "canary",
+        "web",
+        json!({"rules": [
+            {"matches": [{"headers": [{"name": "x-canary", "value": "1"}]}],
+             "backendRefs": [{"name": "web-v1", "port": 80}]},
+            {"backendRefs": [{"name": "web-v1", "port": 80}]},
+        ]}),
+    ));
+    dump_until(&km, "node1", "the updated route", |d| {
+        named(d, "http_routes", "canary").is_some_and(|r| !r.to_string().contains("web-v2"))
+    });
+    assert_eq!(
+        curl(&km, "client", WEB, &["x-canary: 1"]),
+        (200, "web-v1".into())
+    );
+
+    // Update a pod: new labels reach the workload.
+    let relabelled = km.pod("client").builder().label("tier", "front");
+    km.api.apply(relabelled);
+    dump_until(&km, "node1", "client relabelled", |d| {
+        named(d, "workloads", "client").is_some_and(|w| w["labels"]["tier"] == "front")
+    });
+
     // A DENY policy for the client's identity: node2 refuses its next connection (L4: each
     // connection is authorized when the destination agent opens it to the pod).
     let denied_before = km.mesh.stat("node2", "inbound", "authz_denied").unwrap();
@@ -326,6 +352,7 @@ fn objects_reach_model_maps_and_traffic() {
     });
 
     // Delete: the route, the policy, the web-v2 service, the web-v2 pod.
+    assert!(km.workload_in_maps("node2", km.pod("web-v2")).unwrap());
     km.api.delete("HTTPRoute", NS, "canary");
     km.api.delete("MeshAuthorizationPolicy", NS, "deny-client");
     km.api.delete("EndpointSlice", NS, "web-v2-slice");
@@ -344,6 +371,11 @@ fn objects_reach_model_maps_and_traffic() {
             && km.workload_in_maps("node2", km.pod("web-v1"))?)
     });
     assert_eq!(curl(&km, "client", WEB, &["x-canary: 1"]).1, "web-v1");
+    assert_eq!(
+        curl(&km, "client", WEB_V2, &[]).0,
+        0,
+        "web-v2's VIP is gone"
+    );
 }
 
 /// Gates the Pod watcher off the server (every Pod request answered 500) while `change`

@@ -40,6 +40,15 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
     Ok(listener)
 }
 
+/// The inode number of a network namespace file (`/run/netns/x`, `/proc/<pid>/ns/net`): the
+/// namespace's identity, whatever path names it.
+pub fn namespace_inode(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot stat network namespace {}", path.display()))?;
+    Ok(meta.ino())
+}
+
 /// The kernel's cookie of the network namespace a socket lives in (SO_NETNS_COOKIE), the same
 /// value bpf_get_netns_cookie() returns to the programs.
 pub fn netns_cookie(socket: &impl AsRawFd) -> Result<u64> {

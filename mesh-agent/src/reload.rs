@@ -8,6 +8,7 @@
 //! addresses) is refused with a message saying that a restart is needed.
 
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -21,6 +22,9 @@ use crate::{
     runtime::Shared,
     state::State,
 };
+
+/// The link the kubelet swaps to update every file of a mounted ConfigMap at once.
+const KUBELET_DATA_LINK: &str = "..data";
 
 /// Changes closer together than this are one reload (editors write a file in steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -67,7 +71,7 @@ pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let current = shared.state();
     refuse_restart_only_changes(&current.config, &config)?;
-    let state = State::build(config)?;
+    let state = State::build(config, Some(&current))?;
     if let Some(w) = state
         .workloads
         .iter()
@@ -98,13 +102,24 @@ pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
     // its destination in the model.
     let state = Arc::new(state);
     let dropped = shared.replace_state_arc(state.clone());
-    shared
+    // Listeners of namespaces that left leave the list before the sync, so the kernel stops
+    // redirecting to them before their sockets close.
+    let closing = shared.take_unwanted_listeners(&state)?;
+    let synced = shared
         .maps
         .sync(&state, &shared.listener_cookies())
-        .context("cannot write the new model into the kernel maps")?;
+        .context("cannot write the new model into the kernel maps");
+    // The model no longer wants them, whether or not the sync went through.
+    for task in &closing {
+        task.abort();
+    }
+    synced?;
     shared.telemetry.apply(&telemetry);
     shared.identity.retain(&ids);
-    Ok(format!("{summary}, {dropped} metric label sets dropped"))
+    Ok(format!(
+        "{summary}, {} outbound listeners closed, {dropped} metric label sets dropped",
+        closing.len()
+    ))
 }
 
 /// What cannot change while running: the node's own settings, identity and listening
@@ -155,8 +170,10 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Watches the file's directory (editors and ConfigMap updates replace the file by renaming
-/// another onto it, which a watch on the file itself would miss).
+/// Watches the file's directory (editors replace the file by renaming another onto it, which a
+/// watch on the file itself would miss). A mounted ConfigMap is a symlink `config.yaml ->
+/// ..data/config.yaml`, and the kubelet updates it by renaming a new `..data` link into place:
+/// events on `..data` count as changes of the file too.
 fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let dir = path
@@ -172,10 +189,10 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommend
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        let ours = event.paths.iter().any(|p| {
+            let changed = p.file_name().map(|n| n.to_os_string());
+            changed == name || changed.as_deref() == Some(OsStr::new(KUBELET_DATA_LINK))
+        });
         if ours {
             let _ = tx.send(());
         }

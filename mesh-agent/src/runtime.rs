@@ -56,7 +56,7 @@ pub struct Shared {
     pub proxy_stats: ProxyStats,
     pub ready: AtomicBool,
     pub programs: Vec<String>,
-    listeners: std::sync::Mutex<Vec<ListenerInfo>>,
+    listeners: std::sync::Mutex<Vec<ListenerEntry>>,
     /// The agent's own cgroup: no workload may be in it.
     pub agent_cgroup_id: u64,
     pub identity: Arc<IdentityManager>,
@@ -87,9 +87,23 @@ pub struct Shared {
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerInfo {
     pub netns: Option<PathBuf>,
+    /// The namespace's inode number (as in `net:[4026532..]`), None for the host namespace.
+    /// Namespaces are told apart by it, not by path: a pod's namespace may be named through
+    /// different `/proc/<pid>/ns/net` paths over time.
+    pub netns_inode: Option<u64>,
     pub netns_cookie: u64,
     pub address: SocketAddr,
 }
+
+/// An outbound listener and its accept task (aborting the task closes the socket; accepted
+/// connections run in their own tasks and are not affected).
+struct ListenerEntry {
+    info: ListenerInfo,
+    task: tokio::task::AbortHandle,
+}
+
+/// A network namespace a listener is wanted in: its path and inode (None: the host's).
+type WantedNamespace = (Option<PathBuf>, Option<u64>);
 
 impl Shared {
     pub fn state(&self) -> Arc<State> {
@@ -116,7 +130,38 @@ impl Shared {
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .map(|l| l.info.clone())
+            .collect()
+    }
+
+    /// Removes the listeners of namespaces the model no longer wants (pods that left) from
+    /// the list and returns their tasks; the caller aborts them once the kernel maps no
+    /// longer redirect to them.
+    pub fn take_unwanted_listeners(&self, state: &State) -> Result<Vec<tokio::task::AbortHandle>> {
+        let wanted: Vec<Option<u64>> = wanted_namespaces(state)?
+            .into_iter()
+            .map(|(_, inode)| inode)
+            .collect();
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = Vec::new();
+        listeners.retain(|l| {
+            let keep = wanted.contains(&l.info.netns_inode);
+            if !keep {
+                tracing::info!(netns = ?l.info.netns, address = %l.info.address, "closing the outbound listener of a namespace that left the model");
+                gone.push(l.task.clone());
+            }
+            keep
+        });
+        Ok(gone)
+    }
+
+    fn add_listener(self: &Arc<Self>, listener: std::net::TcpListener, info: ListenerInfo) {
+        let task = proxy::outbound::spawn_listener(listener, info.netns_cookie, self.clone());
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ListenerEntry { info, task });
     }
 
     /// (namespace cookie, port) of every outbound listener, for the kernel's listener map.
@@ -183,50 +228,47 @@ impl Shared {
 }
 
 /// The network namespaces that need an outbound listener: the host's and every pod's.
-fn wanted_namespaces(state: &State) -> Vec<Option<PathBuf>> {
-    let mut namespaces: Vec<Option<PathBuf>> = vec![None];
+fn wanted_namespaces(state: &State) -> Result<Vec<WantedNamespace>> {
+    let mut namespaces: Vec<WantedNamespace> = vec![(None, None)];
     for w in &state.workloads {
-        if w.netns.is_some() && !namespaces.contains(&w.netns) {
-            namespaces.push(w.netns.clone());
+        let Some(path) = &w.netns else { continue };
+        let inode = netns::namespace_inode(path)?;
+        if !namespaces.iter().any(|(_, i)| *i == Some(inode)) {
+            namespaces.push((Some(path.clone()), Some(inode)));
         }
     }
-    namespaces
+    Ok(namespaces)
 }
 
 /// Opens the outbound listener in the host namespace and in every pod namespace.
 fn open_listeners(state: &State) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
-    open_listeners_in(state.node.outbound_port, wanted_namespaces(state))
+    open_listeners_in(state.node.outbound_port, wanted_namespaces(state)?)
 }
 
 /// After a config change: opens listeners in the pod namespaces that have none yet and
-/// starts serving them; returns how many were opened. Listeners of pods that left stay
-/// until the agent restarts (they only accept what the kernel redirects to them).
+/// starts serving them; returns how many were opened. Listeners of namespaces that left are
+/// closed by [`Shared::take_unwanted_listeners`] after the kernel maps are updated.
 pub fn open_missing_listeners(shared: &Arc<Shared>, state: &State) -> Result<usize> {
-    let have: Vec<Option<PathBuf>> = shared.listeners().iter().map(|l| l.netns.clone()).collect();
-    let missing: Vec<Option<PathBuf>> = wanted_namespaces(state)
+    let have: Vec<Option<u64>> = shared.listeners().iter().map(|l| l.netns_inode).collect();
+    let missing: Vec<WantedNamespace> = wanted_namespaces(state)?
         .into_iter()
-        .filter(|ns| !have.contains(ns))
+        .filter(|(_, inode)| !have.contains(inode))
         .collect();
     let opened = open_listeners_in(state.node.outbound_port, missing)
         .context("cannot open outbound listeners for new pods")?;
     let count = opened.len();
     for (listener, info) in opened {
-        shared
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(info.clone());
-        proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
+        shared.add_listener(listener, info);
     }
     Ok(count)
 }
 
 fn open_listeners_in(
     port: u16,
-    namespaces: Vec<Option<PathBuf>>,
+    namespaces: Vec<WantedNamespace>,
 ) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
     let mut out = Vec::new();
-    for ns in namespaces {
+    for (ns, netns_inode) in namespaces {
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
         let listener = netns::listen_in(ns.as_deref(), v4)?;
         let cookie = netns::netns_cookie(&listener)?;
@@ -234,6 +276,7 @@ fn open_listeners_in(
             listener,
             ListenerInfo {
                 netns: ns.clone(),
+                netns_inode,
                 netns_cookie: cookie,
                 address: v4,
             },
@@ -245,6 +288,7 @@ fn open_listeners_in(
                 listener,
                 ListenerInfo {
                     netns: ns.clone(),
+                    netns_inode,
                     netns_cookie: cookie,
                     address: v6,
                 },
@@ -280,7 +324,7 @@ pub async fn run(
     // Root first: without it the CA directory or key may be unreadable, and that message
     // would hide the real problem.
     ebpf::require_root()?;
-    let state = State::build(config)?;
+    let state = State::build(config, None)?;
     let identity = start_identity(&state)?;
     let tunnel_tls = identity::tls::server_config(identity.clone())?;
     let tunnel_listener = proxy::inbound::bind(state.node.address, state.node.tunnel_port)?;
@@ -327,7 +371,7 @@ pub async fn run(
         proxy_stats: ProxyStats::default(),
         ready: AtomicBool::new(false),
         programs: datapath.program_names(),
-        listeners: std::sync::Mutex::new(listeners.iter().map(|(_, i)| i.clone()).collect()),
+        listeners: std::sync::Mutex::new(Vec::new()),
         agent_cgroup_id,
         tunnels: TunnelPool::new(identity.clone()),
         identity: identity.clone(),
@@ -354,7 +398,7 @@ pub async fn run(
     }
     crate::flows::spawn_open_poller(shared.clone());
     for (listener, info) in listeners {
-        proxy::outbound::spawn_listener(listener, info.netns_cookie, shared.clone());
+        shared.add_listener(listener, info);
     }
     admin::spawn(node.admin, shared.clone()).await?;
     crate::metrics::server::spawn(

@@ -145,7 +145,10 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl State {
-    pub fn build(config: Config) -> Result<State> {
+    /// Builds the model of `config`. `previous` is the running model, if any: backends whose
+    /// service did not change are kept, and changed ones keep their endpoints' health
+    /// ([`Backend::following`]).
+    pub fn build(config: Config, previous: Option<&State>) -> Result<State> {
         let trust_domain = &config.identity.trust_domain;
         let mut workloads = Vec::new();
         for (i, w) in config.workloads.iter().enumerate() {
@@ -206,13 +209,14 @@ impl State {
                 };
                 backends.insert(
                     key.clone(),
-                    Arc::new(Backend::new(
+                    Backend::following(
+                        previous.and_then(|p| p.backends.get(&key)),
                         key.clone(),
                         upstreams.clone(),
                         s.load_balancer,
                         s.outlier_detection.clone(),
                         &config.http.retry_budget,
-                    )),
+                    ),
                 );
                 let routes = Arc::new(RouteTable::build(&config, &s.namespace, &s.name, p.port));
                 for vip in &s.vips {

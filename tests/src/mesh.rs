@@ -151,6 +151,8 @@ pub struct MeshSpec {
     /// The top-level `telemetry:` section: a flow mapping (`{istio_metrics: false}`) or block
     /// lines (re-indented under the key); absent: the agent's defaults.
     pub telemetry_yaml: Option<String>,
+    /// Workloads left out of the config, as if their pods had gone (they still run).
+    pub absent_workloads: Vec<String>,
 }
 
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
@@ -228,7 +230,12 @@ impl Mesh {
             }
         }
         let _ = writeln!(y, "workloads:");
-        for w in self.sim.workloads().iter().filter(|w| w.node == node) {
+        for w in self
+            .sim
+            .workloads()
+            .iter()
+            .filter(|w| w.node == node && !spec.absent_workloads.contains(&w.name))
+        {
             let _ = writeln!(y, "  - name: {}", w.name);
             let _ = writeln!(y, "    cgroup: {}", w.cgroup.display());
             if w.is_pod {

@@ -11,6 +11,7 @@ use common::*;
 use mesh_tests::mesh::{Mesh, MeshSpec, PolicySpec};
 
 const EPERM: i64 = 1;
+const ECONNREFUSED: i64 = 111;
 /// Big enough to be still running when the new config lands (several seconds here).
 const TRANSFER_BYTES: u64 = 3 * 1024 * 1024 * 1024;
 
@@ -220,4 +221,91 @@ fn reload_adds_a_service_and_tightens_policy_without_touching_a_running_transfer
     });
     // `full` has no egress rules: web-local is reachable again.
     assert_eq!(connect(&mesh, &web_local)["reply"], "ping");
+
+    // A pod that leaves the model: its outbound listener closes (the socket would otherwise
+    // pin its network namespace); it comes back with the pod.
+    let web_local_ns = mesh.workload("web-local").netns_path.clone();
+    let has_listener = |mesh: &Mesh| {
+        let stats = mesh.admin("node1", "/stats").expect("stats");
+        stats["listeners"]
+            .as_array()
+            .expect("listeners")
+            .iter()
+            .any(|l| l["netns"].as_str() == web_local_ns.to_str())
+    };
+    assert!(has_listener(&mesh), "web-local has an outbound listener");
+    let gone = MeshSpec {
+        services: full
+            .services
+            .iter()
+            .filter(|s| s.name != "web-local")
+            .cloned()
+            .collect(),
+        absent_workloads: vec!["web-local".into()],
+        ..full.clone()
+    };
+    write_config(&mesh, "node1", &mesh.render_config("node1", &gone));
+    within(Duration::from_secs(2), "the listener closing", || {
+        !has_listener(&mesh)
+    });
+    let refused = mesh
+        .probe(
+            "web-local",
+            &[
+                "connect",
+                "--connect",
+                "127.0.0.1:15001",
+                "--timeout-ms",
+                "300",
+            ],
+        )
+        .expect("probe connect");
+    assert_eq!(refused["errno"].as_i64(), Some(ECONNREFUSED), "{refused}");
+    write_config(&mesh, "node1", &mesh.render_config("node1", &full));
+    within(Duration::from_secs(2), "the listener reopening", || {
+        has_listener(&mesh)
+    });
+    assert_eq!(connect(&mesh, &web_local)["reply"], "ping");
+
+    // A mounted ConfigMap: node1.yaml -> ..data/node1.yaml, ..data -> ..v1; the kubelet
+    // updates it by renaming a new ..data link over the old one.
+    let dir = mesh.sim.dir();
+    let version = |name: &str, spec: &MeshSpec| {
+        std::fs::create_dir_all(dir.join(name)).expect("version dir");
+        std::fs::write(
+            dir.join(name).join("node1.yaml"),
+            mesh.render_config("node1", spec),
+        )
+        .expect("version file");
+    };
+    let swap_data_link = |target: &str| {
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).expect("symlink");
+        std::fs::rename(&tmp, dir.join("..data")).expect("rename ..data");
+    };
+    version("..v1", &full);
+    swap_data_link("..v1");
+    let link = dir.join(".node1.yaml.link");
+    std::os::unix::fs::symlink("..data/node1.yaml", &link).expect("symlink");
+    let (ok_before, _, _) = reloads(&mesh, "node1");
+    std::fs::rename(&link, dir.join("node1.yaml")).expect("rename link");
+    within(
+        Duration::from_secs(2),
+        "the reload of the linked file",
+        || reloads(&mesh, "node1").0 > ok_before,
+    );
+    let (ok_before, _, _) = reloads(&mesh, "node1");
+    version("..v2", &after);
+    swap_data_link("..v2");
+    within(
+        Duration::from_secs(2),
+        "the reload after the ..data swap",
+        || reloads(&mesh, "node1").0 > ok_before,
+    );
+    assert_eq!(
+        connect(&mesh, &web_local)["errno"].as_i64(),
+        Some(EPERM),
+        "the ConfigMap's new version (tight policy) is in force"
+    );
 }

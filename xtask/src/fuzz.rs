@@ -52,6 +52,6 @@ pub fn command(workspace: &Path, seconds: u64) -> Result<Cmd> {
 }
 
 pub fn run(workspace: &Path, seconds: u64) -> Result<()> {
-    setup::run(workspace)?;
+    setup::run(workspace, setup::Scope::Full)?;
     command(workspace, seconds)?.run()
 }

@@ -25,10 +25,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what this machine lacks (Debian packages, eBPF toolchain, bpf-linker, bpffs).
-    Setup,
+    /// Install what this machine lacks (Debian packages, eBPF toolchain, bpf-linker,
+    /// kubernetes-validate, bpffs).
+    Setup {
+        /// Only what building the agent needs (LLVM, eBPF toolchain, bpf-linker), e.g. in
+        /// the container image build.
+        #[arg(long)]
+        agent_only: bool,
+    },
     /// Setup, then build the release binaries of the workspace (the agent embeds the eBPF code).
-    Build,
+    Build {
+        /// Set up and build only the agent (`target/release/mesh-agent`), e.g. in the
+        /// container image build.
+        #[arg(long)]
+        agent_only: bool,
+    },
     /// Setup, build, then run every test (including privileged end-to-end tests), clippy and
     /// rustfmt and a 60 s fuzz run; fails if any of them fails.
     Test,
@@ -65,8 +76,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     let workspace = workspace_root();
     cmd::cargo_bin_on_path();
     match command {
-        Command::Setup => setup::run(&workspace),
-        Command::Build => tasks::build(&workspace).map(drop),
+        Command::Setup { agent_only } => setup::run(&workspace, scope(agent_only)),
+        Command::Build { agent_only: false } => tasks::build(&workspace).map(drop),
+        Command::Build { agent_only: true } => tasks::build_agent(&workspace).map(drop),
         Command::Test => tasks::test(&workspace),
         Command::Fuzz { seconds } => fuzz::run(&workspace, seconds),
         Command::Demo => {
@@ -77,6 +89,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             tasks::build(&workspace)?;
             bench::run(&suite, json)
         }
+    }
+}
+
+fn scope(agent_only: bool) -> setup::Scope {
+    if agent_only {
+        setup::Scope::AgentOnly
+    } else {
+        setup::Scope::Full
     }
 }
 

@@ -31,7 +31,13 @@ const APT_PACKAGES: &[&str] = &[
     // unit tests), and Python's strict OpenMetrics parser for the exposition.
     "prometheus",
     "python3-prometheus-client",
+    // Deploy checks: the venv for kubernetes-validate (Debian's python3 has no ensurepip
+    // without it).
+    "python3-venv",
 ];
+
+/// What building the agent alone needs (the container image build): LLVM for bpf-linker.
+const APT_PACKAGES_AGENT: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 
 /// Nightly used for the eBPF crate when `nightly` is missing or not on LLVM 22 (bpf-linker 0.13
 /// is built against LLVM 22; a nightly on another LLVM makes it fail with "Invalid record").
@@ -41,43 +47,78 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const BPFFS: &str = "/sys/fs/bpf";
+/// Strict offline schema check of Kubernetes manifests (tests/tests/deploy.rs), from PyPI.
+const KUBE_VALIDATE_VERSION: &str = "1.37.0";
 /// Environment variable the agent's build.rs reads to pick the eBPF toolchain.
 pub const TOOLCHAIN_ENV: &str = "MESH_EBPF_TOOLCHAIN";
 
-/// Runs every step, exports the eBPF toolchain for child processes and prints a summary.
-pub fn run(workspace: &Path) -> Result<()> {
+/// How much `setup` installs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything the build, the tests, the demo and the benchmarks use.
+    Full,
+    /// Only what building the agent needs (LLVM, the eBPF toolchain, bpf-linker): for the
+    /// container image build, which has no use for test tools and cannot mount bpffs.
+    AgentOnly,
+}
+
+/// Runs every step of `scope`, exports the eBPF toolchain for child processes and prints a
+/// summary.
+pub fn run(workspace: &Path, scope: Scope) -> Result<()> {
     let mut changed = Vec::new();
-    apt_packages(&mut changed).context("installing Debian packages")?;
-    rust_components(&mut changed).context("installing clippy and rustfmt")?;
+    let packages = match scope {
+        Scope::Full => APT_PACKAGES,
+        Scope::AgentOnly => APT_PACKAGES_AGENT,
+    };
+    apt_packages(packages, &mut changed).context("installing Debian packages")?;
+    if scope == Scope::Full {
+        rust_components(&mut changed).context("installing clippy and rustfmt")?;
+    }
     let (toolchain, llvm) =
         ebpf_toolchain(&mut changed).context("setting up the eBPF toolchain")?;
     remember_toolchain(workspace, &toolchain)?;
     let linker = bpf_linker(&mut changed).context("installing bpf-linker")?;
+    if scope == Scope::AgentOnly {
+        let did = summary(&changed);
+        println!(
+            "xtask setup --agent-only: ok ({did}); eBPF toolchain {toolchain} (LLVM {llvm}), \
+             {linker}"
+        );
+        return Ok(());
+    }
     cargo_fuzz(&mut changed).context("installing cargo-fuzz")?;
+    let validate = kube_validate(workspace, &mut changed)
+        .context("installing kubernetes-validate in a venv")?;
+    kubectl_hint();
     bpffs(&mut changed).context("mounting bpffs")?;
 
-    let did = if changed.is_empty() {
-        "nothing to do".to_string()
-    } else {
-        format!("did: {}", changed.join("; "))
-    };
+    let did = summary(&changed);
     println!(
-        "xtask setup: ok ({did}); eBPF toolchain {toolchain} (LLVM {llvm}), {linker}, bpffs at \
-         {BPFFS}"
+        "xtask setup: ok ({did}); eBPF toolchain {toolchain} (LLVM {llvm}), {linker}, \
+         kubernetes-validate {KUBE_VALIDATE_VERSION} at {}, bpffs at {BPFFS}",
+        validate.display()
     );
     Ok(())
 }
 
-/// Installs the missing packages among APT_PACKAGES that apt knows about.
-fn apt_packages(changed: &mut Vec<String>) -> Result<()> {
+fn summary(changed: &[String]) -> String {
+    if changed.is_empty() {
+        "nothing to do".to_string()
+    } else {
+        format!("did: {}", changed.join("; "))
+    }
+}
+
+/// Installs the missing packages among `packages` that apt knows about.
+fn apt_packages(packages: &[&str], changed: &mut Vec<String>) -> Result<()> {
     if Cmd::new("dpkg-query").arg("--version").probe().is_none() {
         eprintln!(
             "xtask: dpkg-query not found (not Debian?): make sure these are installed: {}",
-            APT_PACKAGES.join(" ")
+            packages.join(" ")
         );
         return Ok(());
     }
-    let missing: Vec<&str> = APT_PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| !is_installed(pkg))
@@ -315,6 +356,68 @@ fn bpf_linker(changed: &mut Vec<String>) -> Result<String> {
     }
     changed.push(format!("cargo install bpf-linker {BPF_LINKER_VERSION}"));
     current().context("bpf-linker 0.13 still not found on PATH after installing it")
+}
+
+/// The venv holding kubernetes-validate (and the jsonschema and pyyaml it brings, which
+/// tests/k8s/crd_strict.py uses): `<workspace>/target/tools/venv`. tests/tests/deploy.rs looks
+/// for it there.
+pub fn tools_venv(workspace: &Path) -> PathBuf {
+    workspace.join("target").join("tools").join("venv")
+}
+
+/// kubernetes-validate KUBE_VALIDATE_VERSION in tools_venv (created with `python3 -m venv`);
+/// returns the path of its executable.
+fn kube_validate(workspace: &Path, changed: &mut Vec<String>) -> Result<PathBuf> {
+    let venv = tools_venv(workspace);
+    let bin = venv.join("bin");
+    let validate = bin.join("kubernetes-validate");
+    let current = || {
+        Cmd::new(&validate)
+            .arg("--version")
+            .probe()
+            .is_some_and(|v| v.trim() == KUBE_VALIDATE_VERSION)
+    };
+    if current() {
+        return Ok(validate);
+    }
+    if !bin.join("pip").exists() {
+        Cmd::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .run()
+            .context("python3 -m venv (on Debian: apt-get install python3-venv)")?;
+    }
+    Cmd::new(bin.join("pip"))
+        .args(["install", "--quiet"])
+        .arg(format!("kubernetes-validate=={KUBE_VALIDATE_VERSION}"))
+        .run()?;
+    changed.push(format!(
+        "pip install kubernetes-validate=={KUBE_VALIDATE_VERSION} in {}",
+        venv.display()
+    ));
+    if !current() {
+        bail!(
+            "{} --version does not print {KUBE_VALIDATE_VERSION} after installing it",
+            validate.display()
+        );
+    }
+    Ok(validate)
+}
+
+/// kubectl (for `kubectl kustomize` in the deploy checks) cannot be installed from Debian's own
+/// sources in a usable version, so it is not installed here; say so when it is missing.
+fn kubectl_hint() {
+    if Cmd::new("kubectl")
+        .args(["version", "--client"])
+        .probe()
+        .is_none()
+    {
+        eprintln!(
+            "xtask: kubectl not found: the deploy checks (tests/tests/deploy.rs) need it for \
+             `kubectl kustomize`; install it from https://kubernetes.io/docs/tasks/tools/ \
+             (Debian's kubernetes-client is too old)"
+        );
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted there.

@@ -14,17 +14,35 @@ const EBPF_CRATE: &str = "mesh-ebpf";
 /// Setup, then the release binaries. Exports MESH_AGENT_BIN (absolute path of the release
 /// agent) for every later child and returns it.
 pub fn build(workspace: &Path) -> Result<PathBuf> {
-    setup::run(workspace)?;
+    setup::run(workspace, setup::Scope::Full)?;
     let agent = agent_path(workspace)?;
     build_step(workspace).run()?;
     cmd::export("MESH_AGENT_BIN", &agent);
     Ok(agent)
 }
 
+/// Setup of what the agent needs, then a release build of the agent alone (the container
+/// image build: no test tools, no bpffs).
+pub fn build_agent(workspace: &Path) -> Result<PathBuf> {
+    setup::run(workspace, setup::Scope::AgentOnly)?;
+    let agent = agent_path(workspace)?;
+    cargo(workspace)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "mesh-agent",
+            "--bin",
+            "mesh-agent",
+        ])
+        .run()?;
+    Ok(agent)
+}
+
 /// Setup, build, tests, clippy, rustfmt and a short fuzz run. Runs every step after a successful build and fails
 /// naming the steps that failed.
 pub fn test(workspace: &Path) -> Result<()> {
-    setup::run(workspace)?;
+    setup::run(workspace, setup::Scope::Full)?;
     let agent = agent_path(workspace)?;
     if let Err(e) = build_step(workspace).run() {
         return Err(e.context("xtask test: step `build` failed"));

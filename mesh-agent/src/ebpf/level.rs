@@ -18,11 +18,20 @@ pub fn cgroup_level(path: &Path) -> Result<u32> {
         .with_context(|| format!("cannot resolve cgroup path {}", path.display()))?;
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
-    level_in(&mountinfo, &path)
+    level_in(&mountinfo, &path, is_hierarchy_root)
 }
 
-/// `cgroup_level` against the text of a mountinfo file (for tests).
-fn level_in(mountinfo: &str, path: &Path) -> Result<u32> {
+/// Whether a cgroup2 directory is the root of the whole hierarchy: the kernel gives every
+/// cgroup but the root a `cgroup.events` file. This settles the level of a mount that a
+/// cgroup namespace shows with a "/.." root, as the host's cgroup2 mounted into a container
+/// (the DaemonSet's hostPath) is shown.
+fn is_hierarchy_root(dir: &Path) -> bool {
+    dir.join("cgroup.procs").exists() && !dir.join("cgroup.events").exists()
+}
+
+/// `cgroup_level` against the text of a mountinfo file (for tests); `is_root` tells whether a
+/// mount point is the hierarchy root.
+fn level_in(mountinfo: &str, path: &Path, is_root: impl Fn(&Path) -> bool) -> Result<u32> {
     // The innermost cgroup2 mount holding `path` (a cgroup2 mount may sit below another).
     let mut best: Option<(PathBuf, String)> = None;
     for line in mountinfo.lines() {
@@ -51,8 +60,15 @@ fn level_in(mountinfo: &str, path: &Path) -> Result<u32> {
             path.display()
         );
     };
+    let below_mount = path
+        .strip_prefix(&mount_point)
+        .map(|rest| rest.components().count())
+        .unwrap_or(0);
+    if is_root(&mount_point) {
+        return u32::try_from(below_mount).context("cgroup level out of range");
+    }
     // A cgroup namespace shows the root of a mount outside the namespace as "/.." paths: the
-    // real level cannot be known from here.
+    // real level of a mount that is not the hierarchy root cannot be known from here.
     if Path::new(&root)
         .components()
         .any(|c| c == Component::ParentDir)
@@ -67,10 +83,6 @@ fn level_in(mountinfo: &str, path: &Path) -> Result<u32> {
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))
         .count();
-    let below_mount = path
-        .strip_prefix(&mount_point)
-        .map(|rest| rest.components().count())
-        .unwrap_or(0);
     u32::try_from(below_root + below_mount).context("cgroup level out of range")
 }
 
@@ -110,7 +122,7 @@ mod tests {
 
     #[test]
     fn level_counts_below_the_mount() {
-        let l = |p: &str| level_in(HYBRID, Path::new(p)).unwrap();
+        let l = |p: &str| level_in(HYBRID, Path::new(p), not_root).unwrap();
         assert_eq!(l("/sys/fs/cgroup/unified"), 0);
         assert_eq!(l("/sys/fs/cgroup/unified/kubepods.slice"), 1);
         assert_eq!(l("/sys/fs/cgroup/unified/mt-x/node1"), 2);
@@ -119,8 +131,14 @@ mod tests {
     #[test]
     fn mount_of_a_subtree_adds_its_root() {
         let info = "40 1 0:27 /kubepods.slice /host/pods rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(level_in(info, Path::new("/host/pods")).unwrap(), 1);
-        assert_eq!(level_in(info, Path::new("/host/pods/a/b")).unwrap(), 3);
+        assert_eq!(
+            level_in(info, Path::new("/host/pods"), not_root).unwrap(),
+            1
+        );
+        assert_eq!(
+            level_in(info, Path::new("/host/pods/a/b"), not_root).unwrap(),
+            3
+        );
     }
 
     #[test]
@@ -129,16 +147,43 @@ mod tests {
 31 1 0:27 / /cg rw - cgroup2 cgroup2 rw
 32 31 0:27 /a\\040b /cg/x rw - cgroup2 cgroup2 rw
 ";
-        assert_eq!(level_in(info, Path::new("/cg/x/y")).unwrap(), 2);
+        assert_eq!(level_in(info, Path::new("/cg/x/y"), not_root).unwrap(), 2);
         assert_eq!(unescape("/a\\040b"), "/a b");
     }
 
     #[test]
     fn outside_a_mount_or_the_namespace_is_an_error() {
-        let err = level_in(HYBRID, Path::new("/tmp/x")).unwrap_err();
+        let err = level_in(HYBRID, Path::new("/tmp/x"), not_root).unwrap_err();
         assert!(format!("{err:#}").contains("/tmp/x"), "{err:#}");
         let info = "31 1 0:27 /../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        let err = level_in(info, Path::new("/sys/fs/cgroup/x")).unwrap_err();
+        let err = level_in(info, Path::new("/sys/fs/cgroup/x"), not_root).unwrap_err();
         assert!(format!("{err:#}").contains("cgroup namespace"), "{err:#}");
+    }
+
+    #[test]
+    fn the_hierarchy_root_seen_from_a_cgroup_namespace_is_level_zero() {
+        // The DaemonSet's hostPath of the host's cgroup2, read inside the pod's namespace.
+        let info = "31 1 0:27 /../../.. /host/sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        let is_root = |p: &Path| p == Path::new("/host/sys/fs/cgroup");
+        let l = |p: &str| level_in(info, Path::new(p), is_root).unwrap();
+        assert_eq!(l("/host/sys/fs/cgroup"), 0);
+        assert_eq!(l("/host/sys/fs/cgroup/kubepods.slice"), 1);
+    }
+
+    #[test]
+    fn the_real_root_is_told_by_its_files() {
+        let root = Path::new("/sys/fs/cgroup/unified");
+        if root.join("cgroup.procs").exists() {
+            assert!(is_hierarchy_root(root));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        assert!(is_hierarchy_root(dir.path()));
+        std::fs::write(dir.path().join("cgroup.events"), "").unwrap();
+        assert!(!is_hierarchy_root(dir.path()));
+    }
+
+    fn not_root(_: &Path) -> bool {
+        false
     }
 }

@@ -192,6 +192,64 @@ impl Backend {
         &self.key
     }
 
+    /// The backend for a new model, given the running model's backend of the same key: the
+    /// same object when nothing about it changed (so its budget, round-robin position and
+    /// outlier state simply continue), otherwise a new one that keeps what was learned about
+    /// the endpoints that stay: their ejections and failure counts, as Envoy keeps host
+    /// health across endpoint updates. On Kubernetes endpoints change all the time; without
+    /// this, every pod restart anywhere in a service would return ejected endpoints to
+    /// rotation.
+    pub fn following(
+        previous: Option<&Arc<Backend>>,
+        key: BackendKey,
+        upstreams: Vec<Upstream>,
+        lb: LoadBalancer,
+        outlier: Option<OutlierDetection>,
+        budget: &RetryBudget,
+    ) -> Arc<Backend> {
+        let Some(previous) = previous else {
+            return Arc::new(Backend::new(key, upstreams, lb, outlier, budget));
+        };
+        let same_endpoints = previous.endpoints.len() == upstreams.len()
+            && previous
+                .endpoints
+                .iter()
+                .zip(&upstreams)
+                .all(|(e, u)| &e.upstream == u);
+        if same_endpoints
+            && previous.lb == lb
+            && previous.outlier == outlier
+            && previous.budget.has_settings(budget)
+        {
+            return previous.clone();
+        }
+        let mut next = Backend::new(key, upstreams, lb, outlier, budget);
+        if next.outlier.is_some() {
+            // Deadlines are relative to the origin: share it so they keep their meaning.
+            next.origin = previous.origin;
+            for endpoint in &next.endpoints {
+                let Some(old) = previous
+                    .endpoints
+                    .iter()
+                    .find(|e| e.upstream == endpoint.upstream)
+                else {
+                    continue;
+                };
+                endpoint
+                    .ejected_until
+                    .store(old.ejected_until.load(Ordering::Acquire), Ordering::Release);
+                let old_health = old.health.lock().unwrap_or_else(|p| p.into_inner());
+                *endpoint.health.lock().unwrap_or_else(|p| p.into_inner()) = Health {
+                    consecutive_5xx: old_health.consecutive_5xx,
+                    consecutive_gateway: old_health.consecutive_gateway,
+                    ejections: old_health.ejections,
+                };
+            }
+            next.ejections_total = AtomicU64::new(previous.ejections_total());
+        }
+        Arc::new(next)
+    }
+
     /// The retry budget of this backend service.
     pub fn budget(&self) -> &Budget {
         &self.budget
@@ -454,6 +512,53 @@ mod tests {
     /// Reports `n` outcomes at `now`; returns how many of them ejected.
     fn fail(b: &Backend, a: SocketAddr, outcome: Outcome, n: usize, now: Instant) -> usize {
         (0..n).filter(|_| b.report_at(a, &outcome, now)).count()
+    }
+
+    #[test]
+    fn an_unchanged_backend_is_kept_and_a_changed_one_keeps_endpoint_health() {
+        let b = backend(3, LoadBalancer::RoundRobin, Some(outlier(1, 0, 100)));
+        let now = at(&b, 0);
+        assert!(b.report_at(addr(1), &Outcome::Response(500), now));
+        let upstreams = |range: std::ops::Range<usize>| -> Vec<Upstream> {
+            range
+                .map(|i| Upstream {
+                    addr: addr(i),
+                    via: Via::Direct,
+                })
+                .collect()
+        };
+        let follow = |prev: &Arc<Backend>, ups: Vec<Upstream>, od: Option<OutlierDetection>| {
+            Backend::following(
+                Some(prev),
+                prev.key.clone(),
+                ups,
+                LoadBalancer::RoundRobin,
+                od,
+                &RetryBudget::default(),
+            )
+        };
+        let same = follow(&b, upstreams(0..3), Some(outlier(1, 0, 100)));
+        assert!(Arc::ptr_eq(&same, &b), "nothing changed: the same backend");
+
+        // A new endpoint joins: addr(1) stays ejected, the new one is in rotation.
+        let grown = follow(&b, upstreams(0..4), Some(outlier(1, 0, 100)));
+        assert!(!Arc::ptr_eq(&grown, &b));
+        let chosen = picks(&grown, 12, now);
+        assert!(!chosen.contains(&addr(1)), "{chosen:?}");
+        assert!(chosen.contains(&addr(3)), "{chosen:?}");
+        assert_eq!(grown.ejections_total(), 1);
+        // Its ejection count carries over: the next ejection lasts twice as long.
+        let later = now + Duration::from_secs(31);
+        assert!(
+            picks(&grown, 12, later).contains(&addr(1)),
+            "back after 30 s"
+        );
+        assert!(grown.report_at(addr(1), &Outcome::Response(500), later));
+        assert!(!picks(&grown, 12, later + Duration::from_secs(59)).contains(&addr(1)));
+
+        // Outlier detection turned off: nothing is carried (and nothing is ejected).
+        let off = follow(&b, upstreams(0..4), None);
+        assert!(picks(&off, 12, now).contains(&addr(1)));
     }
 
     #[test]

@@ -44,6 +44,12 @@ impl Budget {
         Budget::with_origin(config, Instant::now())
     }
 
+    /// Whether this budget was made from `config` (a changed setting means a new budget).
+    pub fn has_settings(&self, config: &crate::config::RetryBudget) -> bool {
+        self.percent == u64::from(config.percent)
+            && self.min_retries_per_second == u64::from(config.min_retries_per_second)
+    }
+
     fn with_origin(config: &crate::config::RetryBudget, origin: Instant) -> Budget {
         Budget {
             percent: u64::from(config.percent),

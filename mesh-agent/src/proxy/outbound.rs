@@ -29,7 +29,12 @@ use crate::{
 };
 
 /// One accept loop per listener (one listener per enrolled network namespace).
-pub fn spawn_listener(listener: std::net::TcpListener, netns_cookie: u64, shared: Arc<Shared>) {
+/// Serves redirected connections on `listener`; aborting the returned task closes it.
+pub fn spawn_listener(
+    listener: std::net::TcpListener,
+    netns_cookie: u64,
+    shared: Arc<Shared>,
+) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -55,7 +60,8 @@ pub fn spawn_listener(listener: std::net::TcpListener, netns_cookie: u64, shared
                 }
             });
         }
-    });
+    })
+    .abort_handle()
 }
 
 async fn handle(

@@ -6,6 +6,8 @@
 //! parsing, statistics and the data generator can be unit-tested without root.
 
 pub mod dashboard;
+pub mod fake_kube;
+pub mod kube_sim;
 pub mod mesh;
 pub mod pki;
 pub mod probe;

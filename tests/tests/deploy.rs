@@ -324,7 +324,7 @@ fn check_daemonset(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {
     let pod = &template["spec"];
     let ctx = format!("{dir}: DaemonSet");
     assert_eq!(pod["hostNetwork"], true, "{ctx}: hostNetwork");
-    assert_eq!(pod["hostPID"], true, "{ctx}: hostPID");
+    assert!(pod.get("hostPID").is_none(), "{ctx}: no hostPID needed");
     assert_eq!(
         pod["dnsPolicy"], "ClusterFirstWithHostNet",
         "{ctx}: dnsPolicy"
@@ -431,6 +431,15 @@ fn check_daemonset(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {
         volume_at("/sys/fs/bpf")["hostPath"]["path"],
         "/sys/fs/bpf",
         "{ctx}"
+    );
+    assert_eq!(
+        volume_at("/var/run/netns")["hostPath"]["path"],
+        "/var/run/netns",
+        "{ctx}: the runtime's pod namespaces"
+    );
+    assert_eq!(
+        mounts["/var/run/netns"]["mountPropagation"], "HostToContainer",
+        "{ctx}: namespaces of later pods must appear"
     );
     let cgroup_mount = mounts
         .iter()

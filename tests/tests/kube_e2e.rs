@@ -229,6 +229,13 @@ fn objects_reach_model_maps_and_traffic() {
     assert_eq!(w["namespace"], NS);
     assert_eq!(w["ips"], json!([client.ip.to_string()]));
     assert_eq!(w["service_account"], "client");
+    // Found among the runtime's named namespaces by the pod IP, not through the pod's
+    // processes (which would need ptrace access the DaemonSet does not have).
+    let netns = w["netns"].as_str().unwrap_or_default();
+    assert!(
+        netns.starts_with("/var/run/netns/") || netns.starts_with("/run/netns/"),
+        "{netns}"
+    );
     assert!(
         named(&d, "nodes", "node2").is_some(),
         "{:#}",
@@ -327,6 +334,13 @@ fn objects_reach_model_maps_and_traffic() {
         "refused, got {status} from {backend:?}"
     );
     assert!(km.mesh.stat("node2", "inbound", "authz_denied").unwrap() > denied_before);
+    // HTTP too, although node1 pools its upstream streams to node2: node2 judges each
+    // request by the policies in force.
+    assert_eq!(
+        curl(&km, "client", WEB_V1, &[]).0,
+        403,
+        "an HTTP request of the denied client"
+    );
 
     // Update: the policy names someone else, the client is let in again.
     km.api.apply(fake_kube::authorization_policy(

@@ -47,6 +47,8 @@ impl Cluster {
             root_namespace: "mesh-system".to_string(),
             cgroup_driver: CgroupDriver::Systemd,
             kubepods_root: root.path().to_path_buf(),
+            // No named namespaces here: pods fall back to their process namespace.
+            netns_dir: root.path().join("no-netns"),
         };
         let source = k8s::start(api.client().expect("client"), settings);
         let mut cluster = Cluster { api, root, source };

@@ -32,7 +32,13 @@ pub struct KubernetesConfig {
     pub cgroup_driver: CgroupDriver,
     /// The directory holding `kubepods.slice` (systemd) or `kubepods` (cgroupfs).
     pub kubepods_root: PathBuf,
+    /// Where the container runtime bind-mounts pod network namespaces (containerd and
+    /// CRI-O: /var/run/netns); a pod's is the one holding its IP.
+    pub netns_dir: PathBuf,
 }
+
+/// Where containerd and CRI-O put pod network namespaces by default.
+pub const DEFAULT_NETNS_DIR: &str = "/var/run/netns";
 
 /// kubelet's cgroup driver, which decides the pod cgroup paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +100,8 @@ pub(super) struct RawKubernetes {
     cgroup_driver: Option<Text>,
     #[serde(default)]
     kubepods_root: Option<Text>,
+    #[serde(default)]
+    netns_dir: Option<Text>,
 }
 
 impl Checker<'_> {
@@ -111,6 +119,7 @@ impl Checker<'_> {
             root_namespace: None,
             cgroup_driver: None,
             kubepods_root: None,
+            netns_dir: None,
         };
         let k = raw.value.as_ref().unwrap_or(&empty);
         let node_name = match &k.node_name {
@@ -191,6 +200,11 @@ impl Checker<'_> {
             None => crate::cgroup::cgroup2_mount()
                 .unwrap_or_else(|_| PathBuf::from(DEFAULT_KUBEPODS_ROOT)),
         };
+        // Need not exist yet: the runtime creates it with the first pod.
+        let netns_dir = match &k.netns_dir {
+            Some(p) => self.absolute(p, "netns_dir")?,
+            None => PathBuf::from(DEFAULT_NETNS_DIR),
+        };
         Ok(KubernetesConfig {
             node_name,
             kubeconfig,
@@ -198,6 +212,7 @@ impl Checker<'_> {
             root_namespace,
             cgroup_driver,
             kubepods_root,
+            netns_dir,
         })
     }
 

@@ -14,6 +14,7 @@ fn file() -> Config {
         root_namespace: "mesh-system".into(),
         cgroup_driver: CgroupDriver::Auto,
         kubepods_root: PathBuf::from("/cg"),
+        netns_dir: PathBuf::from("/cg/netns"),
     });
     cfg.workloads
         .push(workload("default", "file-app", "/cg/file", "10.1.0.1"));

@@ -15,6 +15,7 @@ use serde::Serialize;
 pub mod apply;
 pub mod crd;
 pub mod gateway;
+pub mod netns_scan;
 pub mod podcgroup;
 pub mod translate;
 mod watch;

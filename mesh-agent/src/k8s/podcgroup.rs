@@ -169,14 +169,22 @@ pub fn netns_of(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
-/// Cgroup and network namespace of a pod, when both are there.
+/// Cgroup and network namespace of a pod, when both are there. The namespace is the
+/// runtime's named namespace holding one of the pod's IPs (`finder`), which needs no access
+/// to the pod's processes; failing that (a runtime that names no namespaces), the
+/// namespace of the pod's sandbox process, which needs ptrace access to it.
 pub fn locate(
     root: &Path,
     driver: CgroupDriver,
     qos: Option<Qos>,
     uid: &str,
+    ips: &[std::net::IpAddr],
+    finder: &super::netns_scan::NetnsFinder,
 ) -> Option<(PathBuf, PathBuf)> {
     let cgroup = find_pod_cgroup(root, driver, qos, uid)?;
+    if let Some(named) = finder.find(ips) {
+        return Some((cgroup, named));
+    }
     let pid = find_pid(&cgroup).ok().flatten()?;
     Some((cgroup, netns_of(pid)))
 }
@@ -283,8 +291,17 @@ mod tests {
         fs::write(pod.join("cgroup.procs"), "").expect("procs");
         fs::write(pod.join("ctr-a/cgroup.procs"), "").expect("procs");
         assert_eq!(find_pid(&pod).expect("walk"), None);
+        let no_named_namespaces =
+            crate::k8s::netns_scan::NetnsFinder::new(dir.path().join("no-netns"));
         assert_eq!(
-            locate(dir.path(), CgroupDriver::Auto, Some(Qos::BestEffort), UID),
+            locate(
+                dir.path(),
+                CgroupDriver::Auto,
+                Some(Qos::BestEffort),
+                UID,
+                &[],
+                &no_named_namespaces,
+            ),
             None,
             "no process yet"
         );
@@ -292,7 +309,14 @@ mod tests {
         fs::write(pod.join("ctr-b/cgroup.procs"), "4000000000\n4000000001\n").expect("procs");
         assert_eq!(find_pid(&pod).expect("walk"), Some(4_000_000_000));
         assert_eq!(
-            locate(dir.path(), CgroupDriver::Auto, Some(Qos::BestEffort), UID),
+            locate(
+                dir.path(),
+                CgroupDriver::Auto,
+                Some(Qos::BestEffort),
+                UID,
+                &[],
+                &no_named_namespaces,
+            ),
             Some((pod.clone(), PathBuf::from("/proc/4000000000/ns/net")))
         );
         // Real processes: the one that started first wins (pid 1 started before this test).

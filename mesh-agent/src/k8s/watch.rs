@@ -368,14 +368,32 @@ async fn aggregate(
     settings: KubernetesConfig,
     tx: watch::Sender<Option<Arc<ClusterModel>>>,
 ) {
+    let finder = super::netns_scan::NetnsFinder::new(&settings.netns_dir);
     let locate = |pod: &Pod| {
         let uid = pod.metadata.uid.as_deref()?;
-        let qos = pod
-            .status
-            .as_ref()
+        let status = pod.status.as_ref();
+        let qos = status
             .and_then(|s| s.qos_class.as_deref())
             .and_then(podcgroup::Qos::parse);
-        podcgroup::locate(&settings.kubepods_root, settings.cgroup_driver, qos, uid)
+        let ips: Vec<std::net::IpAddr> = status
+            .into_iter()
+            .flat_map(|s| {
+                s.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|p| p.ip.as_str())
+                    .chain(s.pod_ip.as_deref())
+            })
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        podcgroup::locate(
+            &settings.kubepods_root,
+            settings.cgroup_driver,
+            qos,
+            uid,
+            &ips,
+            &finder,
+        )
     };
     let mut pending = false;
     loop {

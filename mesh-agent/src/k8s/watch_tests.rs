@@ -169,6 +169,8 @@ async fn start_lists_every_kind_then_follows_watch_events() {
         root_namespace: "mesh-system".into(),
         cgroup_driver: CgroupDriver::Auto,
         kubepods_root: root.path().to_path_buf(),
+        // No named namespaces here: pods fall back to their process namespace.
+        netns_dir: root.path().join("no-netns"),
     };
     let mut handle = start(client, settings);
     let model = next_model(&mut handle.updates).await;

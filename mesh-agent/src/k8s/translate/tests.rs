@@ -14,6 +14,7 @@ fn settings() -> KubernetesConfig {
         root_namespace: "mesh-system".into(),
         cgroup_driver: CgroupDriver::Systemd,
         kubepods_root: PathBuf::from("/cg"),
+        netns_dir: PathBuf::from("/cg/netns"),
     }
 }
 

@@ -455,4 +455,24 @@ fn pod_deleted_during_expired_watch_leaves_the_maps() {
         }),
         "{text}"
     );
+
+    // A file change the agent refuses (node-level) must not block the cluster's updates.
+    let path = km.mesh.sim.dir().join("node1.yaml");
+    let tmp = km.mesh.sim.dir().join(".node1.yaml.new");
+    let refused = km
+        .render_config("node1")
+        .replace("  fast_path: false\n", "  fast_path: true\n");
+    std::fs::write(&tmp, refused).expect("write config");
+    std::fs::rename(&tmp, &path).expect("rename config");
+    dump_until(&km, "node1", "the refusal", |d| {
+        d["status"]["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("restart the agent"))
+    });
+    km.add_pod("node1", NS, "late", "BestEffort", &[("app", "late")], None)
+        .expect("pod");
+    km.publish("late");
+    dump_until(&km, "node1", "a pod added after the refused file", |d| {
+        named(d, "workloads", "late").is_some() && d["config"]["node"]["fast_path"] == false
+    });
 }

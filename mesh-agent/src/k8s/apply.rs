@@ -49,11 +49,22 @@ impl KubeRuntime {
 
     /// A new file config (already validated): the base of the next merges. Applied at once
     /// when a cluster model is there; otherwise with the first one.
+    /// A file that cannot be applied (a node-level change, say) is not kept: the cluster
+    /// updates that follow go on being merged into the file config that runs.
     pub fn set_file(&self, shared: &Arc<Shared>, file: Config) -> Result<String> {
-        *lock(&self.file) = file;
-        match self.apply_latest(shared)? {
-            Some(summary) => Ok(summary),
-            None => Ok("kept; applied with the first cluster sync".to_owned()),
+        if lock(&self.model).is_none() {
+            // Nothing to merge with yet: at least refuse what a restart would need now.
+            crate::reload::refuse_restart_only_changes(&lock(&self.file), &file)?;
+            *lock(&self.file) = file;
+            return Ok("kept; applied with the first cluster sync".to_owned());
+        }
+        let previous = std::mem::replace(&mut *lock(&self.file), file);
+        match self.apply_latest(shared) {
+            Ok(summary) => Ok(summary.unwrap_or_default()),
+            Err(e) => {
+                *lock(&self.file) = previous;
+                Err(e)
+            }
         }
     }
 

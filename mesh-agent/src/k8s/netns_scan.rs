@@ -32,16 +32,20 @@ impl NetnsFinder {
         &self.dir
     }
 
-    /// The namespace file in the directory holding one of `ips`, if any.
-    pub fn find(&self, ips: &[IpAddr]) -> Option<PathBuf> {
+    /// The namespace files in the directory holding one of `ips`, with their inodes. On a
+    /// real node pod IPs are unique, so there is one; several mean stale or foreign
+    /// namespaces reuse the IP (the caller tells them apart).
+    pub fn find(&self, ips: &[IpAddr]) -> Vec<(PathBuf, u64)> {
         let wanted: Vec<IpAddr> = ips.iter().filter(|ip| !ip.is_loopback()).copied().collect();
         if wanted.is_empty() {
-            return None;
+            return Vec::new();
         }
-        let entries = std::fs::read_dir(&self.dir).ok()?;
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let mut present = Vec::new();
-        let mut found = None;
+        let mut found = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             // metadata() follows the bind mount to the namespace itself (an nsfs inode).
@@ -50,9 +54,6 @@ impl NetnsFinder {
             };
             let inode = meta.ino();
             present.push(inode);
-            if found.is_some() {
-                continue;
-            }
             let addresses = match seen.get(&inode) {
                 Some(known) if !known.is_empty() => known.clone(),
                 _ => {
@@ -65,7 +66,7 @@ impl NetnsFinder {
                 }
             };
             if addresses.iter().any(|a| wanted.contains(a)) {
-                found = Some(path);
+                found.push((path, inode));
             }
         }
         // Forget namespaces that are gone, so a reused inode is looked at afresh.

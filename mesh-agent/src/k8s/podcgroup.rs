@@ -182,11 +182,20 @@ pub fn locate(
     finder: &super::netns_scan::NetnsFinder,
 ) -> Option<(PathBuf, PathBuf)> {
     let cgroup = find_pod_cgroup(root, driver, qos, uid)?;
-    if let Some(named) = finder.find(ips) {
-        return Some((cgroup, named));
+    let mut named = finder.find(ips);
+    if named.len() == 1 {
+        return named.pop().map(|(path, _)| (cgroup, path));
     }
     let pid = find_pid(&cgroup).ok().flatten()?;
-    Some((cgroup, netns_of(pid)))
+    let process_ns = netns_of(pid);
+    // Several named namespaces hold the IP (stale ones, or other nodes' on one host as in
+    // tests): the sandbox process's namespace tells which, when it can be read.
+    if let Ok(inode) = crate::netns::namespace_inode(&process_ns)
+        && let Some((path, _)) = named.into_iter().find(|(_, i)| *i == inode)
+    {
+        return Some((cgroup, path));
+    }
+    Some((cgroup, process_ns))
 }
 
 #[cfg(test)]

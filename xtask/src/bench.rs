@@ -1,5 +1,6 @@
 //! `cargo xtask bench <suite>`: performance comparisons on simulated nodes.
 
+mod config;
 mod http;
 mod l4;
 mod metrics;
@@ -15,7 +16,7 @@ use mesh_tests::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4", "mtls", "http", "metrics"];
+const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config"];
 
 /// Runs one benchmark suite; `json` prints one JSON object per result line instead of a table.
 pub fn run(suite: &str, json: bool) -> Result<()> {
@@ -28,6 +29,7 @@ pub fn run(suite: &str, json: bool) -> Result<()> {
         "mtls" => mtls::run(json),
         "http" => http::run(json),
         "metrics" => metrics::run(json),
+        "config" => config::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")

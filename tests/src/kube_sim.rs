@@ -33,6 +33,23 @@ pub enum Driver {
 
 /// Where kubelet puts a pod's cgroup under `root` (the cgroup2 root on a real node), for a
 /// QoS class (Guaranteed | Burstable | BestEffort) and the pod UID.
+/// The DaemonSet's capabilities as a `setpriv --bounding-set` argument. SYS_RESOURCE only where
+/// this machine's own bounding set has it (some VMs withhold it); the agent must work without.
+pub fn daemonset_bounding_set() -> Result<String> {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .context("no CapBnd in /proc/self/status")?;
+    let mut set = String::from("-all,+bpf,+perfmon,+net_admin,+sys_admin");
+    if bounding & (1 << CAP_SYS_RESOURCE) != 0 {
+        set.push_str(",+sys_resource");
+    }
+    Ok(set)
+}
+
 pub fn kubelet_pod_cgroup(root: &Path, driver: Driver, qos: &str, uid: &str) -> PathBuf {
     let qos = qos.to_ascii_lowercase();
     match driver {
@@ -250,11 +267,24 @@ impl KubeMesh {
             .unwrap_or_else(|_| "info,mesh_agent=debug".to_string());
         let placement = self.mesh.sim.node(node).agent_placement();
         let path = path.display().to_string();
-        let agent = self.mesh.bins.agent.clone();
+        let agent = self.mesh.bins.agent.display().to_string();
+        // With exactly the DaemonSet's capabilities (deploy/kubernetes/base/daemonset.yaml):
+        // root, bounding set limited, so nothing else (no SYS_PTRACE, no DAC_OVERRIDE).
+        let bounding = daemonset_bounding_set()?;
         let mut proc = self.mesh.sim.spawn(
             &placement,
-            &agent,
-            ["--log", log.as_str(), "run", "--config", path.as_str()],
+            "setpriv",
+            [
+                "--bounding-set",
+                bounding.as_str(),
+                "--",
+                agent.as_str(),
+                "--log",
+                log.as_str(),
+                "run",
+                "--config",
+                path.as_str(),
+            ],
         )?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -273,6 +303,20 @@ impl KubeMesh {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The agent really runs with no capability beyond the DaemonSet's.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid()))
+            .context("agent status")?;
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .context("no CapEff")?;
+        // CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_SYS_RESOURCE 24, CAP_PERFMON 38, CAP_BPF 39.
+        let allowed: u64 = [12u32, 21, 24, 38, 39].iter().map(|b| 1u64 << b).sum();
+        ensure!(
+            effective & !allowed == 0 && effective != 0,
+            "agent on {node} has capabilities {effective:#x} beyond the DaemonSet's"
+        );
         self.agents.insert(node.to_string(), proc);
         Ok(())
     }

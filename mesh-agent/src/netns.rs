@@ -18,20 +18,28 @@ use nix::sched::{CloneFlags, setns};
 
 /// Binds a TCP listener on `addr` inside the network namespace at `netns` (None = ours).
 pub fn listen_in(netns: Option<&Path>, addr: SocketAddr) -> Result<TcpListener> {
-    let Some(netns) = netns else {
-        return bind_listener(addr);
-    };
+    match netns {
+        None => bind_listener(addr),
+        Some(netns) => inside(netns, move || bind_listener(addr)),
+    }
+}
+
+/// Runs `work` on a short-lived thread inside the network namespace at `netns`. The thread
+/// is thrown away afterwards, so its namespace switch never leaks elsewhere.
+fn inside<T: Send + 'static>(
+    netns: &Path,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let file = File::open(netns)
         .with_context(|| format!("cannot open network namespace {}", netns.display()))?;
     let label = netns.display().to_string();
-    // The thread is thrown away afterwards, so its namespace switch never leaks elsewhere.
-    std::thread::spawn(move || -> Result<TcpListener> {
+    std::thread::spawn(move || -> Result<T> {
         setns(&file, CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("cannot enter network namespace {label}"))?;
-        bind_listener(addr)
+        work()
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
 
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
@@ -42,12 +50,8 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
 
 /// The addresses of the interfaces inside the network namespace at `netns`.
 pub fn addresses_in(netns: &Path) -> Result<Vec<std::net::IpAddr>> {
-    let file = File::open(netns)
-        .with_context(|| format!("cannot open network namespace {}", netns.display()))?;
     let label = netns.display().to_string();
-    std::thread::spawn(move || -> Result<Vec<std::net::IpAddr>> {
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("cannot enter network namespace {label}"))?;
+    inside(netns, move || {
         let addresses = nix::ifaddrs::getifaddrs()
             .with_context(|| format!("cannot list the addresses in {label}"))?
             .filter_map(|ifa| ifa.address)
@@ -59,8 +63,6 @@ pub fn addresses_in(netns: &Path) -> Result<Vec<std::net::IpAddr>> {
             .collect();
         Ok(addresses)
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
 
 /// The inode number of a network namespace file (`/run/netns/x`, `/proc/<pid>/ns/net`): the

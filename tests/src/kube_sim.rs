@@ -37,17 +37,23 @@ pub enum Driver {
 /// this machine's own bounding set has it (some VMs withhold it); the agent must work without.
 pub fn daemonset_bounding_set() -> Result<String> {
     const CAP_SYS_RESOURCE: u32 = 24;
-    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .context("no CapBnd in /proc/self/status")?;
+    let bounding = capability_set("/proc/self/status", "CapBnd")?;
     let mut set = String::from("-all,+bpf,+perfmon,+net_admin,+sys_admin");
     if bounding & (1 << CAP_SYS_RESOURCE) != 0 {
         set.push_str(",+sys_resource");
     }
     Ok(set)
+}
+
+/// A capability set (`CapEff`, `CapBnd`, ...) of a /proc/PID/status file, as a bit mask.
+fn capability_set(status_file: &str, field: &str) -> Result<u64> {
+    let status =
+        std::fs::read_to_string(status_file).with_context(|| format!("read {status_file}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .with_context(|| format!("no {field} in {status_file}"))
 }
 
 pub fn kubelet_pod_cgroup(root: &Path, driver: Driver, qos: &str, uid: &str) -> PathBuf {
@@ -286,31 +292,11 @@ impl KubeMesh {
                 path.as_str(),
             ],
         )?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if proc.stderr().contains("mesh-agent ready") {
-                break;
-            }
-            if let Some(status) = proc.try_wait()? {
-                bail!("agent on {node} exited with {status}:\n{}", proc.logs());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "agent on {node} not ready after 30 s:\n{}\nAPI requests:\n{}",
-                    proc.logs(),
-                    self.api.requests_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::mesh::wait_until_ready(&mut proc, node, Duration::from_secs(30), || {
+            format!("\nAPI requests:\n{}", self.api.requests_text())
+        })?;
         // The agent really runs with no capability beyond the DaemonSet's.
-        let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid()))
-            .context("agent status")?;
-        let effective = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .context("no CapEff")?;
+        let effective = capability_set(&format!("/proc/{}/status", proc.pid()), "CapEff")?;
         // CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_SYS_RESOURCE 24, CAP_PERFMON 38, CAP_BPF 39.
         let allowed: u64 = [12u32, 21, 24, 38, 39].iter().map(|b| 1u64 << b).sum();
         ensure!(

@@ -155,6 +155,34 @@ pub struct MeshSpec {
     pub absent_workloads: Vec<String>,
 }
 
+/// Waits until the agent `proc` of `node` logs that it is ready; fails when it exits first or
+/// after `limit`, with its logs and `more` (extra context for the failure).
+pub fn wait_until_ready(
+    proc: &mut Proc,
+    node: &str,
+    limit: Duration,
+    more: impl Fn() -> String,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if proc.stderr().contains("mesh-agent ready") {
+            return Ok(());
+        }
+        if let Some(status) = proc.try_wait()? {
+            bail!("agent on {node} exited with {status}:\n{}", proc.logs());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "agent on {node} not ready after {} s:\n{}{}",
+                limit.as_secs(),
+                proc.logs(),
+                more()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
 /// makes them slower and noisier, so they take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -382,19 +410,7 @@ impl Mesh {
                 path.as_str(),
             ],
         )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if proc.stderr().contains("mesh-agent ready") {
-                break;
-            }
-            if let Some(status) = proc.try_wait()? {
-                bail!("agent on {node} exited with {status}:\n{}", proc.logs());
-            }
-            if Instant::now() > deadline {
-                bail!("agent on {node} not ready after 20 s:\n{}", proc.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_ready(&mut proc, node, Duration::from_secs(20), String::new)?;
         Ok(proc)
     }
 

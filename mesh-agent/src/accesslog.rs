@@ -4,8 +4,15 @@
 //! whether they appear (`info,access=off` drops them) and `--log-format` whether they are text
 //! or JSON. Field names are fixed (dotted names group the two ends); label values that nobody
 //! knows are "unknown", absent optional values are "-".
+//!
+//! The request path never formats or writes a line: it hands the record to [`AccessLog`],
+//! whose one writer thread emits the event (see `writer`).
+
+mod writer;
 
 use std::net::SocketAddr;
+
+pub use writer::{AccessLog, DEFAULT_BUFFER};
 
 use crate::metrics::records::{ConnectionRecord, RequestRecord};
 
@@ -71,8 +78,8 @@ fn millis(d: std::time::Duration) -> u64 {
 }
 
 /// One line for a connection that closed.
-pub fn connection(record: &ConnectionRecord<'_>) {
-    let l = record.labels;
+pub fn connection(record: &ConnectionRecord) {
+    let l = &record.labels;
     let (src, dst) = ends(record.direction, record.local, record.remote);
     tracing::info!(
         target: TARGET,
@@ -97,7 +104,7 @@ pub fn connection(record: &ConnectionRecord<'_>) {
 }
 
 /// One line for an HTTP request once its response is done.
-pub fn request(record: &RequestRecord<'_>) {
+pub fn request(record: &RequestRecord) {
     let l = &record.labels.traffic;
     let grpc_status = record
         .labels
@@ -109,9 +116,9 @@ pub fn request(record: &RequestRecord<'_>) {
         .map_or_else(|| "-".to_string(), |a| a.to_string());
     tracing::info!(
         target: TARGET,
-        method = %record.method,
-        authority = %record.authority,
-        path = %record.path,
+        method = %record.target.method(),
+        authority = %record.target.authority(),
+        path = %record.target.path(),
         protocol = %record.protocol,
         response_code = record.labels.response_code,
         grpc_status = %grpc_status.as_str(),
@@ -135,7 +142,7 @@ pub fn request(record: &RequestRecord<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, time::Duration};
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
     use serde_json::Value;
 
@@ -143,9 +150,12 @@ mod tests {
     use crate::{
         identity::SpiffeId,
         logging::{Capture, LogFormat, build},
-        metrics::labels::{
-            GrpcStatus, Peer, Reporter, RequestLabels, RequestProtocol, Security, ServiceRef,
-            TrafficLabels,
+        metrics::{
+            labels::{
+                GrpcStatus, Peer, Reporter, RequestLabels, RequestProtocol, Security, ServiceRef,
+                TrafficLabels,
+            },
+            records::RequestTarget,
         },
     };
 
@@ -197,12 +207,9 @@ mod tests {
         keys
     }
 
-    fn connection_record<'a>(
-        labels: &'a TrafficLabels,
-        direction: &'static str,
-    ) -> ConnectionRecord<'a> {
+    fn connection_record(labels: &TrafficLabels, direction: &'static str) -> ConnectionRecord {
         ConnectionRecord {
-            labels,
+            labels: Arc::new(labels.clone()),
             direction,
             local: "10.1.1.2:41000".parse().unwrap(),
             remote: "10.96.0.10:80".parse().unwrap(),
@@ -286,13 +293,16 @@ mod tests {
         }
     }
 
-    fn request_record(labels: &RequestLabels, upstream: Option<SocketAddr>) -> RequestRecord<'_> {
+    fn request_record(labels: &RequestLabels, upstream: Option<SocketAddr>) -> RequestRecord {
+        let (parts, ()) = http::Request::get("/api/items?page=2")
+            .header("host", "web.shop:80")
+            .body(())
+            .unwrap()
+            .into_parts();
         RequestRecord {
-            labels,
+            labels: Arc::new(labels.clone()),
             client: "10.1.1.2:41000".parse().unwrap(),
-            method: "GET",
-            authority: "web.shop:80",
-            path: "/api/items?page=2",
+            target: RequestTarget::of(&parts),
             protocol: "HTTP/1.1",
             duration: Duration::from_millis(250),
             request_bytes: 0,

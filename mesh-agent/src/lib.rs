@@ -17,6 +17,7 @@ pub mod l7;
 pub mod logging;
 pub mod metrics;
 pub mod netns;
+pub mod planted;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -6,7 +6,8 @@
 //! `level`, `target`, `message` and the event's fields at the top level (no span keys).
 
 use std::{
-    io::IsTerminal,
+    cell::RefCell,
+    io::{IsTerminal, Write},
     sync::{Arc, Mutex},
 };
 
@@ -125,11 +126,69 @@ where
     (Dispatch::new(subscriber), control, warning)
 }
 
+thread_local! {
+    /// Lines this thread's events produced while it collects them (see [`collect`]).
+    static COLLECTED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `emit` with the log lines its events produce collected instead of written, and
+/// returns them: a thread that logs many lines at once (the access-log writer) writes them to
+/// stderr with one call instead of one per line.
+pub fn collect(emit: impl FnOnce()) -> Vec<u8> {
+    COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::with_capacity(64 * 1024)));
+    emit();
+    COLLECTED.with(|c| c.borrow_mut().take().unwrap_or_default())
+}
+
+/// The process log's writer: stderr, or the calling thread's collection while it collects.
+#[derive(Clone, Copy, Default)]
+pub struct ProcessLog;
+
+/// Appends `buf` to the calling thread's collection, if it is collecting.
+fn collected(buf: &[u8]) -> bool {
+    COLLECTED.with(|c| match c.borrow_mut().as_mut() {
+        Some(lines) => {
+            lines.extend_from_slice(buf);
+            true
+        }
+        None => false,
+    })
+}
+
+impl Write for ProcessLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if collected(buf) {
+            Ok(buf.len())
+        } else {
+            std::io::stderr().write(buf)
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if collected(buf) {
+            Ok(())
+        } else {
+            std::io::stderr().lock().write_all(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for ProcessLog {
+    type Writer = ProcessLog;
+    fn make_writer(&'a self) -> ProcessLog {
+        ProcessLog
+    }
+}
+
 /// Installs the global subscriber writing to stderr. An invalid `filter` falls back to
 /// "info" with a warning.
 pub fn init(filter: &str, format: LogFormat) -> LogControl {
     let ansi = format == LogFormat::Text && std::io::stderr().is_terminal();
-    let (dispatch, control, warning) = build(filter, format, std::io::stderr, ansi);
+    let (dispatch, control, warning) = build(filter, format, ProcessLog, ansi);
     // try_init also routes the `log` crate's records (rustls, ...) through tracing.
     if let Err(e) = dispatch.try_init() {
         eprintln!("mesh-agent: cannot install the log subscriber: {e}");
@@ -231,6 +290,18 @@ mod tests {
         assert_eq!(control.current(), DEFAULT_FILTER);
         let warning = warning.expect("warning");
         assert!(warning.contains("x=nope"), "{warning}");
+    }
+
+    #[test]
+    fn collected_lines_are_returned_instead_of_written() {
+        let lines = collect(|| {
+            let mut w = ProcessLog;
+            w.write_all(b"one\n").unwrap();
+            w.write_all(b"two\n").unwrap();
+        });
+        assert_eq!(lines, b"one\ntwo\n");
+        // Collection ends with `collect`.
+        assert!(!collected(b"x"));
     }
 
     #[test]

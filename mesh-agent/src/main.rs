@@ -10,7 +10,7 @@ use mesh_agent::{
     config, ebpf, flows, logging, runtime, status,
 };
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = logging::init(&cli.log, cli.log_format);
     match dispatch(cli.command, log) {

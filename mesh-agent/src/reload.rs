@@ -143,8 +143,11 @@ pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<()> {
     if t.0.metrics_address != t.1.metrics_address
         || t.0.readiness_address != t.1.readiness_address
         || t.0.program_stats != t.1.program_stats
+        || t.0.access_log_buffer != t.1.access_log_buffer
     {
-        bail!("telemetry addresses or program_stats changed; restart the agent to apply them");
+        bail!(
+            "telemetry addresses, program_stats or access_log_buffer changed; restart the agent to apply them"
+        );
     }
     if new.kubernetes != old.kubernetes {
         bail!("the `kubernetes` section changed; restart the agent to apply it");

@@ -74,6 +74,8 @@ pub struct Shared {
     pub tcp_accounting: crate::metrics::tcp::TcpAccounting,
     /// Whether istio_* and the access log are recorded.
     pub telemetry: crate::metrics::Switches,
+    /// Where access-log records go (a bounded queue to the writer thread).
+    pub access_log: crate::accesslog::AccessLog,
     pub program_stats: ebpf::ProgramStats,
     pub config_reloads: crate::metrics::health::ConfigReloads,
     pub started: std::time::Instant,
@@ -383,6 +385,7 @@ pub async fn run(
         istio: Default::default(),
         tcp_accounting: crate::metrics::tcp::TcpAccounting::new(agent_cgroup_id),
         telemetry: crate::metrics::Switches::new(&telemetry),
+        access_log: crate::accesslog::AccessLog::start(telemetry.access_log_buffer)?,
         program_stats,
         config_reloads: Default::default(),
         started: std::time::Instant::now(),
@@ -439,6 +442,10 @@ pub async fn run(
     shared
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    // The lines of the last connections and requests, before the process goes.
+    if !shared.access_log.flush(std::time::Duration::from_secs(2)) {
+        tracing::warn!("the access log could not be written out within 2 s");
+    }
     // Dropping the data path closes every link: nothing of ours stays attached. Pinned maps
     // stay for the next start.
     drop(datapath);

@@ -52,6 +52,8 @@ pub const CONTRACT_METRICS: &[&str] = &[
     "mesh_agent_map_capacity",
     "mesh_agent_policy_drops_total",
     "mesh_agent_ringbuf_lost_events_total",
+    "mesh_agent_access_log_dropped_total",
+    "mesh_agent_access_log_written_total",
     "mesh_agent_connections_redirected_total",
     "mesh_agent_config_reloads_total",
     "mesh_agent_certificate_expiration_timestamp_seconds",

@@ -69,6 +69,9 @@ pub struct ServiceSpec {
     /// Rendered under the service as `outlier_detection:`: a flow mapping
     /// (`{consecutive_5xx_errors: 3}`) or block lines (re-indented under the key).
     pub outlier_yaml: Option<String>,
+    /// Endpoints by address only (no `node:`, no `workload:`): the client's agent relays to
+    /// them in plain TCP, as to endpoints outside the mesh (no tunnel).
+    pub address_only: bool,
 }
 
 impl ServiceSpec {
@@ -91,7 +94,14 @@ impl ServiceSpec {
             port_name: None,
             load_balancer: None,
             outlier_yaml: None,
+            address_only: false,
         }
+    }
+
+    /// Endpoints rendered by address only (see `address_only`).
+    pub fn address_only(mut self) -> ServiceSpec {
+        self.address_only = true;
+        self
     }
 
     pub fn protocol(mut self, protocol: &str) -> ServiceSpec {
@@ -332,8 +342,10 @@ impl Mesh {
             for e in &s.endpoints {
                 let w = self.sim.workload(e);
                 let _ = writeln!(y, "      - ip: {}", w.ip);
-                let _ = writeln!(y, "        node: {}", w.node);
-                let _ = writeln!(y, "        workload: {}", w.name);
+                if !s.address_only {
+                    let _ = writeln!(y, "        node: {}", w.node);
+                    let _ = writeln!(y, "        workload: {}", w.name);
+                }
             }
         }
         if let Some(routes) = &spec.routes_yaml {

@@ -1,6 +1,9 @@
 //! `cargo xtask bench <suite>`: performance comparisons on simulated nodes.
 
+mod compare;
 mod config;
+
+pub use compare::planted_slowdown_is_flagged;
 mod http;
 mod l4;
 mod metrics;
@@ -18,16 +21,58 @@ use serde_json::Value;
 /// The suites `run` knows, for the error message.
 const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config"];
 
+/// What the command line asked of a bench run.
+pub struct Options {
+    pub json: bool,
+    pub rounds: Option<usize>,
+    pub telemetry: Option<String>,
+    pub record: bool,
+}
+
+/// Rounds asked on the command line (`--rounds`), for the suites that take them.
+static ROUNDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// The rounds a suite runs: `--rounds` when given, else the suite's own count.
+pub(crate) fn rounds(default: usize) -> usize {
+    ROUNDS.get().copied().unwrap_or(default)
+}
+
+/// `bench SUITE` or `bench compare [SUITE...]`.
+pub fn dispatch(workspace: &Path, suites: &[String], options: &Options) -> Result<()> {
+    if let Some(n) = options.rounds {
+        ensure!(n >= 1, "--rounds must be at least 1");
+        let _ = ROUNDS.set(n);
+    }
+    match suites {
+        [first, rest @ ..] if first == "compare" => compare::run(workspace, rest, options),
+        [suite] => {
+            ensure!(!options.record, "--record goes with `bench compare`");
+            if options.telemetry.is_some() {
+                ensure!(suite == "http", "--telemetry goes with the http suite");
+            }
+            run(suite, options)
+        }
+        _ => bail!(
+            "name one suite ({}), or `compare` and the suites to compare",
+            SUITES.join(", ")
+        ),
+    }
+}
+
 /// Runs one benchmark suite; `json` prints one JSON object per result line instead of a table.
-pub fn run(suite: &str, json: bool) -> Result<()> {
+pub fn run(suite: &str, options: &Options) -> Result<()> {
     // The agents' per-connection debug lines (the tests' default) would be part of what is
     // measured; benchmarks run them at info.
     // SAFETY: set before any thread of this process is started.
     unsafe { std::env::set_var("MESH_TEST_AGENT_LOG", "info") };
+    let json = options.json;
     match suite {
         "l4" => l4::run(json),
         "mtls" => mtls::run(json),
-        "http" => http::run(json),
+        "http" => match &options.telemetry {
+            Some(variants) => http::run_telemetry(json, variants),
+            None => http::run(json),
+        },
         "metrics" => metrics::run(json),
         "config" => config::run(json),
         other => bail!(
@@ -50,10 +95,14 @@ pub(crate) fn release_binaries() -> Result<Binaries> {
     Binaries::locate(probe)
 }
 
-/// `cargo xtask` exports MESH_AGENT_BIN after its build (it asks cargo where the target directory
+/// `cargo xtask bench` exports MESH_RELEASE_DIR, the build's directory (the measured agent may
+/// be another, `--agent`). Else: `cargo xtask` exports MESH_AGENT_BIN after its build (it asks cargo where the target directory
 /// is, so `build.target-dir` is honoured); mesh-probe sits next to the agent. Without it:
 /// CARGO_TARGET_DIR, else the workspace's `target`.
 fn release_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESH_RELEASE_DIR") {
+        return PathBuf::from(dir);
+    }
     if let Some(dir) = std::env::var_os("MESH_AGENT_BIN")
         .map(PathBuf::from)
         .and_then(|agent| agent.parent().map(Path::to_path_buf))

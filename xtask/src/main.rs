@@ -40,8 +40,9 @@ enum Command {
         #[arg(long)]
         agent_only: bool,
     },
-    /// Setup, build, then run every test (including privileged end-to-end tests), clippy and
-    /// rustfmt and a 60 s fuzz run; fails if any of them fails.
+    /// Setup, build, then run every test (including privileged end-to-end tests), clippy,
+    /// rustfmt, a 60 s fuzz run and the bench guard's self-check (bench compare must flag a
+    /// planted slowdown); fails if any of them fails.
     Test,
     /// Run the L7 request-path fuzz target (cargo-fuzz) for a while.
     Fuzz {
@@ -52,12 +53,33 @@ enum Command {
     /// Two simulated nodes with real namespaces and cgroups, agents, traffic, the flow table.
     Demo,
     /// Performance comparisons on simulated nodes (direct, kernel path only, through the agent).
+    ///
+    /// `cargo xtask bench SUITE` runs one suite (l4, mtls, http, metrics or config);
+    /// `cargo xtask bench compare [SUITE...]` reruns suites (default: l4, mtls, http) and
+    /// prints each ratio beside bench/baseline.json's, failing when one is more than 20 %
+    /// worse.
     Bench {
-        /// Benchmark suite: l4, mtls, http or metrics.
-        suite: String,
+        /// A suite, or `compare` followed by the suites to compare.
+        #[arg(required = true, num_args = 1..)]
+        suites: Vec<String>,
         /// One JSON object per result instead of a table.
         #[arg(long)]
         json: bool,
+        /// The agent binary to measure instead of the workspace's release build (e.g. an
+        /// older build, to profile or compare it).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Rounds per measurement instead of the suite's own count (l4, mtls, http).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// http only: run the saturation tests once per telemetry setting, back to back,
+        /// and print a table comparing them (a comma-separated list among off, access_log,
+        /// istio_metrics, destination_requests, defaults; `all` for every one).
+        #[arg(long)]
+        telemetry: Option<String>,
+        /// compare only: write the new results into the baseline instead of comparing.
+        #[arg(long)]
+        record: bool,
     },
 }
 
@@ -85,9 +107,31 @@ fn run(command: Command) -> anyhow::Result<()> {
             tasks::build(&workspace)?;
             demo::run()
         }
-        Command::Bench { suite, json } => {
-            tasks::build(&workspace)?;
-            bench::run(&suite, json)
+        Command::Bench {
+            suites,
+            json,
+            agent,
+            rounds,
+            telemetry,
+            record,
+        } => {
+            let built = tasks::build(&workspace)?;
+            // mesh-probe and the other tools stay the build's, whatever agent is measured.
+            if let Some(dir) = built.parent() {
+                cmd::export("MESH_RELEASE_DIR", dir);
+            }
+            if let Some(agent) = &agent {
+                let agent = std::path::absolute(agent)?;
+                anyhow::ensure!(agent.exists(), "no agent binary at {}", agent.display());
+                cmd::export("MESH_AGENT_BIN", &agent);
+            }
+            let options = bench::Options {
+                json,
+                rounds,
+                telemetry,
+                record,
+            };
+            bench::dispatch(&workspace, &suites, &options)
         }
     }
 }

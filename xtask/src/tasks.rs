@@ -39,8 +39,8 @@ pub fn build_agent(workspace: &Path) -> Result<PathBuf> {
     Ok(agent)
 }
 
-/// Setup, build, tests, clippy, rustfmt and a short fuzz run. Runs every step after a successful build and fails
-/// naming the steps that failed.
+/// Setup, build, tests, clippy, rustfmt, a short fuzz run and the bench guard's self-check.
+/// Runs every step after a successful build and fails naming the steps that failed.
 pub fn test(workspace: &Path) -> Result<()> {
     setup::run(workspace, setup::Scope::Full)?;
     let agent = agent_path(workspace)?;
@@ -87,10 +87,17 @@ pub fn test(workspace: &Path) -> Result<()> {
             failed.push(name);
         }
     }
+    // The regression guard catches a slowdown planted in a test build of the agent.
+    eprintln!("xtask test: step `bench-guard`");
+    let planted = agent.with_file_name("mesh-agent-planted");
+    if let Err(e) = crate::bench::planted_slowdown_is_flagged(&planted) {
+        eprintln!("xtask test: step `bench-guard` failed: {e:#}");
+        failed.push("bench-guard");
+    }
     if !failed.is_empty() {
         bail!("xtask test: failed step(s): {}", failed.join(", "));
     }
-    println!("xtask test: ok (build, test, clippy, fmt, fuzz)");
+    println!("xtask test: ok (build, test, clippy, fmt, fuzz, bench-guard)");
     Ok(())
 }
 

@@ -1730,7 +1730,13 @@ impl Checker<'_> {
     }
 
     /// A whole number in `min..=max`.
-    fn number(&self, raw: &Text, key: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    pub(super) fn number(
+        &self,
+        raw: &Text,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
         let text = raw.value.trim();
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(self.err(

@@ -16,6 +16,8 @@ pub const DEFAULT_READINESS_ADDRESS: SocketAddr =
 /// Istio's default cluster ID, which its dashboards and Kiali expect when nothing else is set.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// A million records: far more than a node's log writer falls behind by in a burst.
+const MAX_ACCESS_LOG_BUFFER: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TelemetrySettings {
@@ -28,6 +30,9 @@ pub struct TelemetrySettings {
     pub istio_metrics: bool,
     /// One log line per closed connection and per HTTP request (target `access`).
     pub access_log: bool,
+    /// Access-log records waiting for the writer thread; beyond that they are dropped and
+    /// counted (mesh_agent_access_log_dropped_total), never waited for.
+    pub access_log_buffer: usize,
     /// The destination agent serves tunnel streams to ports declared http/http2/grpc as HTTP
     /// to report their requests (reporter="destination", what Flagger and Kiali query); when
     /// false it relays their bytes, and requests are reported by the source only.
@@ -48,6 +53,7 @@ impl Default for TelemetrySettings {
             readiness_address: DEFAULT_READINESS_ADDRESS,
             istio_metrics: true,
             access_log: true,
+            access_log_buffer: crate::accesslog::DEFAULT_BUFFER,
             destination_requests: true,
             cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
@@ -67,6 +73,8 @@ pub(super) struct RawTelemetry {
     istio_metrics: Option<bool>,
     #[serde(default)]
     access_log: Option<bool>,
+    #[serde(default)]
+    access_log_buffer: Option<Text>,
     #[serde(default)]
     destination_requests: Option<bool>,
     #[serde(default)]
@@ -107,16 +115,24 @@ impl Checker<'_> {
             Some(t) => self.keep(self.domain(t)),
             None => Some(defaults.cluster_domain),
         };
+        let access_log_buffer = match &raw.access_log_buffer {
+            Some(n) => self
+                .keep(self.number(n, "telemetry.access_log_buffer", 1, MAX_ACCESS_LOG_BUFFER))
+                .map(|n| n as usize),
+            None => Some(defaults.access_log_buffer),
+        };
         let (
             Some(metrics_address),
             Some(readiness_address),
             Some(cluster_id),
             Some(cluster_domain),
+            Some(access_log_buffer),
         ) = (
             metrics_address,
             readiness_address,
             cluster_id,
             cluster_domain,
+            access_log_buffer,
         )
         else {
             return Err(self.reported());
@@ -126,6 +142,7 @@ impl Checker<'_> {
             readiness_address,
             istio_metrics: raw.istio_metrics.unwrap_or(defaults.istio_metrics),
             access_log: raw.access_log.unwrap_or(defaults.access_log),
+            access_log_buffer,
             destination_requests: raw
                 .destination_requests
                 .unwrap_or(defaults.destination_requests),
@@ -278,13 +295,14 @@ mod tests {
     #[test]
     fn every_key_is_read() {
         let t = parse(
-            "  metrics_address: 127.0.0.1:9464\n  readiness_address: '[::]:9465'\n  istio_metrics: false\n  access_log: false\n  destination_requests: false\n  cluster_id: east-1\n  cluster_domain: corp.example\n  program_stats: false\n",
+            "  metrics_address: 127.0.0.1:9464\n  readiness_address: '[::]:9465'\n  istio_metrics: false\n  access_log: false\n  access_log_buffer: 16\n  destination_requests: false\n  cluster_id: east-1\n  cluster_domain: corp.example\n  program_stats: false\n",
         )
         .unwrap();
         assert_eq!(t.metrics_address.to_string(), "127.0.0.1:9464");
         assert_eq!(t.readiness_address.to_string(), "[::]:9465");
         assert!(!t.istio_metrics && !t.access_log && !t.program_stats);
         assert!(!t.destination_requests);
+        assert_eq!(t.access_log_buffer, 16);
         assert_eq!(t.cluster_id, "east-1");
         assert_eq!(t.cluster_domain, "corp.example");
     }
@@ -313,5 +331,15 @@ mod tests {
             "expected a DNS domain",
         );
         fails("  metrics: true\n", Some(5), "unknown field `metrics`");
+        fails(
+            "  access_log_buffer: 0\n",
+            Some(5),
+            "telemetry.access_log_buffer 0 is out of range 1..=1048576",
+        );
+        fails(
+            "  access_log_buffer: lots\n",
+            Some(5),
+            "expected a whole number",
+        );
     }
 }

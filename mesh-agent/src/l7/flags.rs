@@ -77,7 +77,7 @@ impl ResponseFlag {
         }
     }
 
-    fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             ResponseFlag::NoRoute => "no route matched the request",
             ResponseFlag::NoCluster => "the route has no usable backend",

@@ -37,7 +37,7 @@ use super::{
 use crate::{
     config::{Config, PortProtocol, Protocol},
     identity::SpiffeId,
-    metrics::{http::RequestMeter, labels::Peer},
+    metrics::{http::RequestMeter, labels::Peer, series_cache::SeriesCache},
     policy::authz,
     proxy::{
         inbound::{Refusal, open_local},
@@ -72,6 +72,19 @@ pub fn speaks_http(config: &Config, target: SocketAddr) -> bool {
         })
 }
 
+/// Whether every service port that forwards to `target` is declared `http`: the source agent
+/// then speaks HTTP/1.1 on the stream, which the framing pass (`inbound_h1`) serves.
+pub fn speaks_http1(config: &Config, target: SocketAddr) -> bool {
+    let ip = canonical_ip(target.ip());
+    config
+        .services
+        .iter()
+        .filter(|s| s.endpoints.iter().any(|e| canonical_ip(e.ip) == ip))
+        .flat_map(|s| &s.ports)
+        .filter(|p| p.target_port == target.port())
+        .all(|p| p.protocol == PortProtocol::Declared(Protocol::Http))
+}
+
 /// One tunnel stream to a local workload, as the inbound path authorized it.
 pub struct Delivery {
     pub shared: Arc<Shared>,
@@ -100,6 +113,7 @@ where
         first: Mutex::new(Some(first)),
         h1: tokio::sync::Mutex::new(None),
         h2: tokio::sync::Mutex::new(None),
+        series: Arc::default(),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -152,6 +166,8 @@ struct Local {
     h1: tokio::sync::Mutex<Option<http1::SendRequest<ReqBody>>>,
     /// HTTP/2: one connection, its sender cloned per request.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
+    /// The label sets this stream's requests were counted under.
+    series: Arc<SeriesCache>,
 }
 
 impl Local {
@@ -159,21 +175,13 @@ impl Local {
         let d = &self.delivery;
         let grpc = is_grpc(request.headers());
         let (mut parts, body) = request.into_parts();
-        let (destination, service) = {
-            let state = d.shared.state();
-            (
-                state.peers.by_ip(d.target.ip()).cloned(),
-                state.peers.service_of_endpoint(d.target).cloned(),
-            )
-        };
-        let meter =
-            RequestMeter::at_destination(&parts, grpc, d.client, d.target, destination, service);
+        let meter = RequestMeter::at_destination(&parts, grpc, d.client, d.target);
         let response = if parts.method == Method::CONNECT {
             // As on the source side: an HTTP port does not tunnel.
             let mut r = local_reply(ResponseFlag::NoRoute, grpc);
             *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             r
-        } else if !self.allowed_now() {
+        } else if !allowed_now(d) {
             // The stream was authorized when it opened, but the source agent pools it for many
             // client connections: each request is judged by the policies in force now, so a
             // tightened policy applies to new requests at once.
@@ -203,38 +211,23 @@ impl Local {
                     // client's side sees the same (its stream is reset) and answers by itself,
                     // as it would without this hop; reported here as the 502 UC it is.
                     let reply = local_reply(ResponseFlag::UpstreamConnectionTermination, grpc);
-                    drop(meter.finish(d.shared.clone(), d.source.clone(), reply));
+                    drop(meter.finish(
+                        d.shared.clone(),
+                        d.source.clone(),
+                        self.series.clone(),
+                        reply,
+                    ));
                     return Err(Broken);
                 }
                 Err(flag) => local_reply(flag, grpc),
             }
         };
-        Ok(meter.finish(d.shared.clone(), d.source.clone(), response))
-    }
-
-    /// Whether the tunnel peer may still reach the workload port under the running policies.
-    fn allowed_now(&self) -> bool {
-        let d = &self.delivery;
-        let state = d.shared.state();
-        let Some(workload) = state.workload_by_ip(d.target.ip()) else {
-            return false;
-        };
-        let decision = authz::evaluate(
-            &state.config.authorization,
-            workload,
-            &authz::Request {
-                peer: &d.identity,
-                port: d.target.port(),
-            },
-        );
-        if !decision.allowed() {
-            d.shared
-                .inbound_stats
-                .authz_denied
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(peer = %d.identity, target = %d.target, ?decision, "request denied on a pooled stream");
-        }
-        decision.allowed()
+        Ok(meter.finish(
+            d.shared.clone(),
+            d.source.clone(),
+            self.series.clone(),
+            response,
+        ))
     }
 
     /// The workload's answer for the client: hop-by-hop headers off, except on a 101, whose
@@ -405,6 +398,30 @@ impl Local {
     }
 }
 
+/// Whether the tunnel peer may still reach the workload port under the running policies.
+pub(super) fn allowed_now(d: &Delivery) -> bool {
+    let state = d.shared.state();
+    let Some(workload) = state.workload_by_ip(d.target.ip()) else {
+        return false;
+    };
+    let decision = authz::evaluate(
+        &state.config.authorization,
+        workload,
+        &authz::Request {
+            peer: &d.identity,
+            port: d.target.port(),
+        },
+    );
+    if !decision.allowed() {
+        d.shared
+            .inbound_stats
+            .authz_denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(peer = %d.identity, target = %d.target, ?decision, "request denied on a pooled stream");
+    }
+    decision.allowed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +461,14 @@ mod tests {
         for protocol in [Protocol::Http, Protocol::Http2, Protocol::Grpc] {
             let c = config(vec![port(8080, Some(protocol))]);
             assert!(speaks_http(&c, target), "{protocol:?}");
+        }
+        assert!(speaks_http1(
+            &config(vec![port(8080, Some(Protocol::Http))]),
+            target
+        ));
+        for protocol in [Protocol::Http2, Protocol::Grpc] {
+            let c = config(vec![port(8080, Some(protocol))]);
+            assert!(!speaks_http1(&c, target), "{protocol:?}");
         }
         let c = config(vec![port(8080, Some(Protocol::Tcp))]);
         assert!(!speaks_http(&c, target));

@@ -37,7 +37,7 @@ use super::{
 use crate::{
     config::RequestMirror,
     identity::SpiffeId,
-    metrics::{http::RequestMeter, labels::Peer},
+    metrics::{http::RequestMeter, labels::Peer, series_cache::SeriesCache},
     runtime::Shared,
     state::State,
 };
@@ -60,6 +60,8 @@ pub struct Connection {
     /// HTTP/2 to the backends (`Some(true)`: http2/grpc ports), HTTP/1.1 (`Some(false)`:
     /// http ports) or the client's own version (detected ports).
     pub upstream_h2: Option<bool>,
+    /// The label sets this connection's requests were counted under.
+    pub series: Arc<SeriesCache>,
 }
 
 /// Serves the client connection until it closes.
@@ -97,6 +99,7 @@ pub async fn serve(client: TcpStream, conn: Connection) {
 }
 
 async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespBody> {
+    crate::planted::spin();
     let stats = &conn.shared.http_stats;
     HttpStats::bump(&stats.requests);
     let grpc = is_grpc(request.headers());
@@ -110,7 +113,12 @@ async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespB
         headers::strip_hop_by_hop(response.headers_mut());
     }
     stats.count_status(response.status().as_u16());
-    meter.finish(conn.shared.clone(), conn.source.clone(), response)
+    meter.finish(
+        conn.shared.clone(),
+        conn.source.clone(),
+        conn.series.clone(),
+        response,
+    )
 }
 
 fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody> {

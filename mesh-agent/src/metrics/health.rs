@@ -176,6 +176,16 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
         counter(k("events_lost")),
     );
     r.register(
+        "access_log_dropped",
+        "Access-log records dropped because the log writer fell behind (its queue of telemetry.access_log_buffer records was full)",
+        counter(shared.access_log.dropped()),
+    );
+    r.register(
+        "access_log_written",
+        "Access-log lines written",
+        counter(shared.access_log.written()),
+    );
+    r.register(
         "connections_redirected",
         "connect() calls redirected to the agent",
         counter(k("connect_redirected")),

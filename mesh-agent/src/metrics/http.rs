@@ -23,15 +23,15 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::{
     labels::{
-        Flags, GrpcStatus, Peer, Reporter, RequestLabels, RequestProtocol, Security, ServiceRef,
-        TrafficLabels,
+        Flags, GrpcStatus, Peer, Reporter, RequestLabels, RequestProtocol, Security, TrafficLabels,
     },
-    records::RequestRecord,
+    records::{RequestRecord, RequestTarget},
+    series_cache::{Facts, Resolved, SeriesCache, SeriesKey},
 };
 use crate::{
     l7::{BackendKey, body::RespBody, flags::FLAGS_HEADER},
     runtime::Shared,
-    state::Via,
+    state::{State, Via},
 };
 
 /// What is known about one request while it is routed.
@@ -40,15 +40,13 @@ pub struct RequestMeter {
     /// Source for the L7 path of the client's node; destination for a request observed where
     /// it is delivered to the workload.
     pub reporter: Reporter,
-    /// Known up front where the request is delivered: the local workload and its service.
-    pub destination: Option<Peer>,
-    pub destination_service: Option<ServiceRef>,
+    /// Where the request is delivered (the destination agent): the endpoint is a workload of
+    /// this node, and its service is the one that forwards to that endpoint.
+    at_local_endpoint: bool,
     pub request_bytes: Arc<AtomicU64>,
     grpc: bool,
     client: SocketAddr,
-    method: String,
-    authority: String,
-    path: String,
+    target: RequestTarget,
     version: &'static str,
     /// The service the client asked for (the VIP's), set by routing.
     pub service: Option<BackendKey>,
@@ -81,34 +79,31 @@ impl RequestMeter {
         client: SocketAddr,
         service: Option<BackendKey>,
     ) -> RequestMeter {
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
+        RequestMeter::with_target(
+            RequestTarget::of(parts),
+            version_text(parts.version),
+            grpc,
+            client,
+            service,
+        )
+    }
+
+    fn with_target(
+        target: RequestTarget,
+        version: &'static str,
+        grpc: bool,
+        client: SocketAddr,
+        service: Option<BackendKey>,
+    ) -> RequestMeter {
         RequestMeter {
             started: Instant::now(),
             reporter: Reporter::Source,
-            destination: None,
-            destination_service: None,
+            at_local_endpoint: false,
             request_bytes: Arc::default(),
             grpc,
             client,
-            method: parts.method.as_str().to_owned(),
-            authority,
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "/".into()),
-            version: version_text(parts.version),
+            target,
+            version,
             service,
             backend: None,
             endpoint: None,
@@ -119,24 +114,59 @@ impl RequestMeter {
     }
 
     /// A request seen where it is delivered: the destination agent serving a tunnel stream
-    /// to `endpoint`, a workload of this node (`destination`, a member of `service`). One
-    /// attempt, over mutual TLS.
+    /// to `endpoint`, a workload of this node. One attempt, over mutual TLS.
     pub fn at_destination(
         parts: &Parts,
         grpc: bool,
         client: SocketAddr,
         endpoint: SocketAddr,
-        destination: Option<Peer>,
-        service: Option<ServiceRef>,
     ) -> RequestMeter {
-        let mut meter = RequestMeter::new(parts, grpc, client, None);
-        meter.reporter = Reporter::Destination;
-        meter.destination = destination;
-        meter.destination_service = service;
-        meter.endpoint = Some(endpoint);
-        meter.security = Security::MutualTls;
-        meter.attempts = 1;
-        meter
+        RequestMeter::new(parts, grpc, client, None).delivered_to(endpoint)
+    }
+
+    /// The same for an HTTP/1.x request the destination relays without parsing it into
+    /// parts (`l7::inbound_h1`).
+    pub fn at_destination_h1(
+        target: RequestTarget,
+        http10: bool,
+        client: SocketAddr,
+        endpoint: SocketAddr,
+    ) -> RequestMeter {
+        let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        RequestMeter::with_target(target, version, false, client, None).delivered_to(endpoint)
+    }
+
+    fn delivered_to(mut self, endpoint: SocketAddr) -> RequestMeter {
+        self.reporter = Reporter::Destination;
+        self.at_local_endpoint = true;
+        self.endpoint = Some(endpoint);
+        self.security = Security::MutualTls;
+        self.attempts = 1;
+        self
+    }
+
+    /// Records a request whose answer was relayed as bytes (`l7::inbound_h1`): the status,
+    /// the flag of an answer the agent made itself, and the response body bytes.
+    pub fn record_relayed(
+        self,
+        shared: &Arc<Shared>,
+        source: Arc<Peer>,
+        cache: Arc<SeriesCache>,
+        status: u16,
+        flags: Option<&'static str>,
+        response_bytes: u64,
+    ) {
+        Pending {
+            meter: self,
+            shared: shared.clone(),
+            source,
+            cache,
+            status,
+            grpc_status: None,
+            flags,
+            response_bytes,
+        }
+        .record();
     }
 
     /// An attempt is being sent to `endpoint` of `backend`.
@@ -154,10 +184,12 @@ impl RequestMeter {
     }
 
     /// Wraps the response so that the request is recorded once the response is done.
+    /// `cache` is the connection's (see `series_cache`).
     pub fn finish(
         self,
         shared: Arc<Shared>,
         source: Arc<Peer>,
+        cache: Arc<SeriesCache>,
         response: Response<RespBody>,
     ) -> Response<RespBody> {
         let (parts, body) = response.into_parts();
@@ -171,6 +203,7 @@ impl RequestMeter {
             meter: self,
             shared,
             source,
+            cache,
             status: parts.status.as_u16(),
             grpc_status,
             flags,
@@ -203,6 +236,7 @@ struct Pending {
     meter: RequestMeter,
     shared: Arc<Shared>,
     source: Arc<Peer>,
+    cache: Arc<SeriesCache>,
     status: u16,
     grpc_status: Option<u32>,
     flags: Option<&'static str>,
@@ -213,59 +247,47 @@ impl Pending {
     fn record(self) {
         let shared = &self.shared;
         let istio = shared.telemetry.istio_enabled();
-        let access = shared.telemetry.access_log_enabled();
+        let access =
+            shared.telemetry.access_log_enabled() && crate::accesslog::AccessLog::filter_allows();
         if !istio && !access {
             return;
         }
         let m = &self.meter;
         let state = shared.state();
-        let service_key = m.backend.as_ref().or(m.service.as_ref());
-        let service: Option<ServiceRef> = m
-            .destination_service
-            .clone()
-            .or_else(|| service_key.map(|k| state.peers.service(&k.name, &k.namespace)));
-        let destination = m
-            .destination
-            .clone()
-            .or_else(|| {
-                m.endpoint
-                    .and_then(|e| state.peers.endpoint_workload(e.ip(), &shared.tunnels))
-            })
-            .unwrap_or_default();
-        drop(state);
-        let mut traffic = TrafficLabels::new(
-            m.reporter,
-            &self.source,
-            service.as_ref(),
-            &destination,
-            if m.grpc {
-                RequestProtocol::Grpc
-            } else {
-                RequestProtocol::Http
+        let key = SeriesKey {
+            facts: Facts {
+                state: Arc::downgrade(&state),
+                remote_generation: shared.tunnels.remote_generation(),
+                istio,
+                reporter: m.reporter,
+                endpoint: m.endpoint,
+                protocol: if m.grpc {
+                    RequestProtocol::Grpc
+                } else {
+                    RequestProtocol::Http
+                },
+                security: m.security,
+                status: self.status,
+                grpc_status: self.grpc_status,
+                flags: self.flags,
             },
-            m.security,
-        );
-        traffic.response_flags = Flags(self.flags);
-        let labels = RequestLabels {
-            traffic,
-            response_code: self.status,
-            grpc_response_status: GrpcStatus(self.grpc_status),
+            service: m.backend.as_ref().or(m.service.as_ref()),
         };
+        let resolved = self
+            .cache
+            .get(&key, || resolve(shared, self.labels(&state, &key), istio));
+        drop(state);
         let duration = m.started.elapsed();
         let request_bytes = m.request_bytes.load(Ordering::Relaxed);
-        let emit = |labels: &RequestLabels| {
-            if istio {
-                shared
-                    .istio
-                    .record_request(labels, duration, request_bytes, self.response_bytes);
+        let emit = |resolved: &Resolved| {
+            if let Some(series) = &resolved.series {
+                series.record(duration, request_bytes, self.response_bytes);
             }
             if access {
-                crate::accesslog::request(&RequestRecord {
-                    labels,
+                shared.access_log.request(RequestRecord {
+                    labels: resolved.labels.clone(),
                     client: m.client,
-                    method: &m.method,
-                    authority: &m.authority,
-                    path: &m.path,
+                    target: m.target.clone(),
                     protocol: m.version,
                     duration,
                     request_bytes,
@@ -275,17 +297,65 @@ impl Pending {
                 });
             }
         };
-        emit(&labels);
+        emit(&resolved);
         // Same node: no destination agent sees the request, this one delivered it.
         if m.reporter == Reporter::Source
             && m.delivered_locally
             && let Some(flags) = flags_at_destination(self.flags)
         {
-            let mut at_destination = labels;
-            at_destination.traffic.reporter = Reporter::Destination;
-            at_destination.traffic.response_flags = Flags(flags);
+            let mut key = key;
+            key.facts.reporter = Reporter::Destination;
+            key.facts.flags = flags;
+            let at_destination = self.cache.get(&key, || {
+                let mut labels = RequestLabels::clone(&resolved.labels);
+                labels.traffic.reporter = Reporter::Destination;
+                labels.traffic.response_flags = Flags(flags);
+                resolve(shared, labels, istio)
+            });
             emit(&at_destination);
         }
+    }
+
+    /// The label set of a request, from the model: the service and workloads it names.
+    fn labels(&self, state: &State, key: &SeriesKey<'_>) -> RequestLabels {
+        let m = &self.meter;
+        let peers = &state.peers;
+        let (service, destination) = match (m.at_local_endpoint, m.endpoint) {
+            (true, Some(endpoint)) => (
+                peers.service_of_endpoint(endpoint).cloned(),
+                peers.by_ip(endpoint.ip()).cloned(),
+            ),
+            _ => (
+                key.service
+                    .as_ref()
+                    .map(|k| peers.service(&k.name, &k.namespace)),
+                m.endpoint
+                    .and_then(|e| peers.endpoint_workload(e.ip(), &self.shared.tunnels)),
+            ),
+        };
+        let mut traffic = TrafficLabels::new(
+            m.reporter,
+            &self.source,
+            service.as_ref(),
+            &destination.unwrap_or_default(),
+            key.facts.protocol,
+            m.security,
+        );
+        traffic.response_flags = Flags(self.flags);
+        RequestLabels {
+            traffic,
+            response_code: self.status,
+            grpc_response_status: GrpcStatus(self.grpc_status),
+        }
+    }
+}
+
+/// A label set and, when Istio metrics are on, its series (the registry lookup hashes the
+/// whole label set: done once per connection and outcome, not per request).
+fn resolve(shared: &Shared, labels: RequestLabels, istio: bool) -> Resolved {
+    Resolved {
+        series: istio.then(|| shared.istio.request_series(&labels)),
+        labels: Arc::new(labels),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod labels;
 pub mod peers;
 pub mod records;
 pub mod registry;
+pub mod series_cache;
 pub mod server;
 pub mod tcp;
 pub mod text;
@@ -69,7 +70,8 @@ pub fn refresh(shared: &Shared) {
 /// Accounts a connection-close event from the kernel: istio_tcp_* and the access log.
 pub fn connection_closed(shared: &Shared, event: &mesh_common::ConnEvent) {
     let istio = shared.telemetry.istio_enabled();
-    let access = shared.telemetry.access_log_enabled();
+    let access =
+        shared.telemetry.access_log_enabled() && crate::accesslog::AccessLog::filter_allows();
     if !istio && !access {
         return;
     }
@@ -78,7 +80,7 @@ pub fn connection_closed(shared: &Shared, event: &mesh_common::ConnEvent) {
         .tcp_accounting
         .close(&shared.istio, &state, event, |record| {
             if access {
-                crate::accesslog::connection(record);
+                shared.access_log.connection(record);
             }
         });
 }

@@ -58,6 +58,15 @@ pub struct RequestSeries {
     pub response_bytes: Histogram,
 }
 
+impl RequestSeries {
+    pub fn record(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration_ms.observe(duration.as_secs_f64() * 1000.0);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
 pub struct IstioMetrics {
     registry: Registry,
     tcp_opened: Family<TrafficLabels, Counter>,
@@ -161,6 +170,26 @@ impl IstioMetrics {
         s
     }
 
+    /// The request series of `labels`, created on first use. Callers keep it (see
+    /// `series_cache`) so that the label set is hashed once, not per request.
+    pub fn request_series(&self, labels: &RequestLabels) -> RequestSeries {
+        let mut series = self
+            .request_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = series.get(labels) {
+            return s.clone();
+        }
+        let s = RequestSeries {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration_ms: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        };
+        series.insert(labels.clone(), s.clone());
+        s
+    }
+
     /// Counts one finished request.
     pub fn record_request(
         &self,
@@ -169,29 +198,8 @@ impl IstioMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let s = {
-            let mut series = self
-                .request_series
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match series.get(labels) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = RequestSeries {
-                        requests: self.requests.get_or_create(labels).clone(),
-                        duration_ms: self.duration.get_or_create(labels).clone(),
-                        request_bytes: self.request_bytes.get_or_create(labels).clone(),
-                        response_bytes: self.response_bytes.get_or_create(labels).clone(),
-                    };
-                    series.insert(labels.clone(), s.clone());
-                    s
-                }
-            }
-        };
-        s.requests.inc();
-        s.duration_ms.observe(duration.as_secs_f64() * 1000.0);
-        s.request_bytes.observe(request_bytes as f64);
-        s.response_bytes.observe(response_bytes as f64);
+        self.request_series(labels)
+            .record(duration, request_bytes, response_bytes);
     }
 
     /// Drops every series naming a workload (as source or destination) that is not in `live`

@@ -373,7 +373,7 @@ impl TcpAccounting {
         metrics: &IstioMetrics,
         state: &State,
         event: &ConnEvent,
-        mut on_record: impl FnMut(&ConnectionRecord<'_>),
+        mut on_record: impl FnMut(ConnectionRecord),
     ) {
         let view = View {
             metrics,
@@ -400,8 +400,8 @@ impl TcpAccounting {
         series.closed.inc();
         let local = SocketAddr::new(bytes_to_ip(event.key.local_ip), event.key.local_port);
         let remote = SocketAddr::new(bytes_to_ip(event.key.remote_ip), event.key.remote_port);
-        on_record(&ConnectionRecord {
-            labels,
+        on_record(ConnectionRecord {
+            labels: labels.clone(),
             direction: if stats.flags & CONN_ACTIVE != 0 {
                 "outbound"
             } else {

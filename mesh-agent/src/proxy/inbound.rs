@@ -375,8 +375,9 @@ async fn handle_stream(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = cert.id.clone();
     // Declared HTTP ports: requests are served (and reported as the destination) one by one.
-    let http = shared.telemetry.destination_requests_enabled();
-    let http = http && crate::l7::inbound::speaks_http(&shared.state().config, target);
+    let http = shared.telemetry.destination_requests_enabled()
+        && crate::l7::inbound::speaks_http(&shared.state().config, target);
+    let http1 = http && crate::l7::inbound::speaks_http1(&shared.state().config, target);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -398,6 +399,10 @@ async fn handle_stream(
                 target,
                 client: peer,
             };
+            if http1 {
+                let tunnel = TokioIo::new(upgraded);
+                return crate::l7::inbound_h1::serve(tunnel, upstream, delivery).await;
+            }
             return crate::l7::inbound::serve(upgraded, upstream, delivery).await;
         }
         match super::relay(TokioIo::new(upgraded), upstream).await {

@@ -151,6 +151,7 @@ async fn handle(
                 original,
                 peer,
                 upstream_h2,
+                series: Default::default(),
             };
             drop(state);
             tracing::debug!(%peer, %original, "serving HTTP");

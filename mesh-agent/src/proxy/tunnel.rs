@@ -98,6 +98,9 @@ pub struct TunnelPool {
     /// What the destination agents said about the workloads behind endpoint addresses (the
     /// `baggage` of their CONNECT answers), for the metric labels of the client side.
     remote_workloads: Mutex<HashMap<IpAddr, Baggage>>,
+    /// Bumped whenever `remote_workloads` changes, so that label sets resolved from it can
+    /// tell they are stale (see `metrics::series_cache`).
+    remote_generation: std::sync::atomic::AtomicU64,
     pub stats: TunnelClientStats,
 }
 
@@ -112,6 +115,7 @@ impl TunnelPool {
             slots: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
             remote_workloads: Mutex::new(HashMap::new()),
+            remote_generation: Default::default(),
             stats: TunnelClientStats::default(),
         }
     }
@@ -123,6 +127,11 @@ impl TunnelPool {
             .unwrap_or_else(|p| p.into_inner())
             .get(&crate::state::canonical_ip(ip))
             .cloned()
+    }
+
+    /// Changes with every change of what destination agents said about their workloads.
+    pub fn remote_generation(&self) -> u64 {
+        self.remote_generation.load(Ordering::Acquire)
     }
 
     /// Opens a tunnelled stream to `target` through the agent at `node`, as `source`.
@@ -214,7 +223,12 @@ impl TunnelPool {
             if known.len() >= REMOTE_WORKLOADS_KEPT {
                 known.clear();
             }
-            known.insert(crate::state::canonical_ip(target.ip()), Baggage::parse(b));
+            let baggage = Baggage::parse(b);
+            let ip = crate::state::canonical_ip(target.ip());
+            if known.get(&ip) != Some(&baggage) {
+                known.insert(ip, baggage);
+                self.remote_generation.fetch_add(1, Ordering::AcqRel);
+            }
         }
         let upgraded = hyper::upgrade::on(response)
             .await

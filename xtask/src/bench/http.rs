@@ -46,6 +46,10 @@ use serde_json::{Value, json};
 
 use super::{cgroup_cpu_seconds, median, round3};
 
+mod telemetry;
+pub use telemetry::run as run_telemetry;
+
+/// Rounds unless `--rounds` says otherwise (see `bench::rounds`).
 const ROUNDS: usize = 3;
 /// h2load's measured duration and warm-up, in seconds.
 const DURATION: &str = "5";
@@ -415,27 +419,38 @@ impl Bench {
         })
     }
 
+    /// One run of `scenario` for `test` (the agents started with the spec's telemetry for
+    /// mesh), its values echoed on stderr, a failure with the agents' logs.
+    fn sample(
+        &mut self,
+        scenario: Scenario,
+        test: Test,
+        round: usize,
+    ) -> Result<Vec<(String, f64)>> {
+        let values = self
+            .run_scenario(scenario, test)
+            .with_context(|| format!("{test} {scenario}, round {round}"));
+        let values = values.map_err(|e| {
+            eprintln!();
+            self.with_agent_logs(e)
+        })?;
+        for (metric, value) in &values {
+            eprint!(" {metric}={value:.2}");
+        }
+        eprintln!();
+        Ok(values)
+    }
+
     fn measure(&mut self) -> Result<Samples> {
         let mut samples = Samples::new();
-        for round in 1..=ROUNDS {
+        let rounds = crate::bench::rounds(ROUNDS);
+        for round in 1..=rounds {
             for test in TESTS {
                 for scenario in SCENARIOS {
-                    eprint!("round {round}/{ROUNDS}: {test:<16} {scenario:<7}");
-                    let values = self
-                        .run_scenario(scenario, test)
-                        .with_context(|| format!("{test} {scenario}, round {round}"));
-                    let values = match values {
-                        Ok(v) => v,
-                        Err(e) => {
-                            eprintln!();
-                            return Err(self.with_agent_logs(e));
-                        }
-                    };
-                    for (metric, value) in values {
-                        eprint!(" {metric}={value:.2}");
+                    eprint!("round {round}/{rounds}: {test:<16} {scenario:<7}");
+                    for (metric, value) in self.sample(scenario, test, round)? {
                         samples.entry((metric, scenario)).or_default().push(value);
                     }
-                    eprintln!();
                 }
             }
         }
@@ -552,8 +567,11 @@ impl Bench {
         })
     }
 
+    /// Under `logs/`, not beside the agents' config files: the agents watch that directory
+    /// for config changes, and h2load's line per request there would wake both agents' file
+    /// watchers for every request (measured: ~8 % of the agents' CPU in the saturation runs).
     fn log_file(&self) -> PathBuf {
-        self.mesh.sim.dir().join("h2load.log")
+        self.mesh.sim.dir().join("logs").join("h2load.log")
     }
 
     /// Once, through the mesh: the `/echo` rule's header modifier reached the backend, and a
@@ -851,8 +869,9 @@ fn cell(v: Option<f64>, width: usize, precision: usize) -> String {
 }
 
 fn table(rows: &[Row]) -> String {
+    let rounds = crate::bench::rounds(ROUNDS);
     let mut out = format!(
-        "http: h2load in client pod (node1) -> http-backend pod (node2), median of {ROUNDS} \
+        "http: h2load in client pod (node1) -> http-backend pod (node2), median of {rounds} \
          rounds, {DURATION} s each after {WARM_UP} s warm-up\n\
          direct: no agents, pod IP; mesh: VIP via node1 agent (L7 route) -> mTLS HTTP/2 \
          CONNECT -> node2 agent\n\

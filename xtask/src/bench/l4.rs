@@ -8,8 +8,12 @@
 //!   extra, unmeshed ports for this; no redirect, no userspace hop.
 //!   The sk_msg fast path stays off, as in the agent's default config; it only pairs sockets
 //!   of one node, which no kernel-path connection here has.
-//! - mesh: the client dials a service VIP; connect4 redirects to node1's agent, which relays
-//!   to the server pod on node2.
+//! - relay: the client dials a service VIP whose endpoint is given by address only (no node):
+//!   connect4 redirects to node1's agent, which relays in plain TCP to the server pod on node2
+//!   (one agent, no TLS: the plain L4 relay).
+//! - tunnel: the client dials a service VIP whose endpoint is the server pod of node2: node1's
+//!   agent carries the connection over the mTLS tunnel (HTTP/2 CONNECT) to node2's agent,
+//!   which connects to the pod (two agents, TLS: what meshed cross-node traffic takes).
 //!
 //! Direct and kernel-path use the very same server processes and ports, so they differ only in
 //! the attached programs. Stopping an agent detaches its programs, so the agents are stopped for
@@ -29,6 +33,7 @@ use serde_json::json;
 
 use super::{median, number, round3, service};
 
+/// Rounds unless `--rounds` says otherwise (see `bench::rounds`).
 const ROUNDS: usize = 3;
 const RR_COUNT: &str = "20000";
 const RR_WARMUP: &str = "1000";
@@ -42,6 +47,9 @@ const ECHO_PLAIN: u16 = 9100;
 const SINK_PLAIN: u16 = 9101;
 const ECHO_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), ECHO_MESHED);
 const SINK_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 31), SINK_MESHED);
+/// The same servers behind services whose endpoints are addresses only (plain relay).
+const ECHO_RELAY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 32), ECHO_MESHED);
+const SINK_RELAY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 33), SINK_MESHED);
 
 /// Kernel-path goals: latency ratio at most this, throughput ratio at least `THROUGHPUT_GOAL`.
 const LATENCY_GOAL: f64 = 1.05;
@@ -51,10 +59,16 @@ const THROUGHPUT_GOAL: f64 = 0.95;
 enum Scenario {
     Direct,
     KernelPath,
-    Mesh,
+    Relay,
+    Tunnel,
 }
 
-const SCENARIOS: [Scenario; 3] = [Scenario::Direct, Scenario::KernelPath, Scenario::Mesh];
+const SCENARIOS: [Scenario; 4] = [
+    Scenario::Direct,
+    Scenario::KernelPath,
+    Scenario::Relay,
+    Scenario::Tunnel,
+];
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -62,7 +76,8 @@ impl fmt::Display for Scenario {
         f.pad(match self {
             Scenario::Direct => "direct",
             Scenario::KernelPath => "kernel-path",
-            Scenario::Mesh => "mesh",
+            Scenario::Relay => "relay",
+            Scenario::Tunnel => "tunnel",
         })
     }
 }
@@ -185,6 +200,8 @@ impl Bench {
             services: vec![
                 service("echo", ECHO_VIP, "server"),
                 service("sink", SINK_VIP, "server"),
+                service("echo-relay", ECHO_RELAY_VIP, "server").address_only(),
+                service("sink-relay", SINK_RELAY_VIP, "server").address_only(),
             ],
             ..MeshSpec::default()
         };
@@ -196,14 +213,15 @@ impl Bench {
         })
     }
 
-    /// Rounds of: for each test, direct, kernel-path and mesh back to back.
+    /// Rounds of: for each test, every scenario back to back.
     fn measure(&mut self) -> Result<Samples> {
         let mut samples = Samples::new();
-        for round in 1..=ROUNDS {
+        let rounds = crate::bench::rounds(ROUNDS);
+        for round in 1..=rounds {
             for test in TESTS {
                 for scenario in SCENARIOS {
                     // Every sample goes to stderr too, so the spread behind a median is visible.
-                    eprint!("round {round}/{ROUNDS}: {test:<10} {scenario:<12}");
+                    eprint!("round {round}/{rounds}: {test:<10} {scenario:<12}");
                     for (metric, value) in self.run_scenario(scenario, test)? {
                         eprint!(" {metric}={value:.2}");
                         samples.entry((metric, scenario)).or_default().push(value);
@@ -227,8 +245,10 @@ impl Bench {
     fn target(&self, scenario: Scenario, test: Test) -> SocketAddrV4 {
         let server = self.mesh.workload("server").ip;
         match (scenario, test) {
-            (Scenario::Mesh, Test::Rr { .. }) => ECHO_VIP,
-            (Scenario::Mesh, Test::Bulk) => SINK_VIP,
+            (Scenario::Tunnel, Test::Rr { .. }) => ECHO_VIP,
+            (Scenario::Tunnel, Test::Bulk) => SINK_VIP,
+            (Scenario::Relay, Test::Rr { .. }) => ECHO_RELAY_VIP,
+            (Scenario::Relay, Test::Bulk) => SINK_RELAY_VIP,
             (_, Test::Rr { .. }) => SocketAddrV4::new(server, ECHO_PLAIN),
             (_, Test::Bulk) => SocketAddrV4::new(server, SINK_PLAIN),
         }
@@ -244,16 +264,22 @@ impl Bench {
         Ok(())
     }
 
-    /// Connections node1's agent has accepted so far; `None` without agents.
-    fn proxied(&self) -> Result<Option<u64>> {
+    /// Connections node1's agent has accepted and tunnel streams it has opened so far;
+    /// `None` without agents.
+    fn proxied(&self) -> Result<Option<Proxied>> {
         if !self.agents_up {
             return Ok(None);
         }
         let stats = self.mesh.admin("node1", "/stats")?;
-        let accepted = stats["proxy"]["accepted"]
-            .as_u64()
-            .context("/stats has no proxy.accepted")?;
-        Ok(Some(accepted))
+        let get = |section: &str, field: &str| {
+            stats[section][field]
+                .as_u64()
+                .with_context(|| format!("/stats has no {section}.{field}"))
+        };
+        Ok(Some(Proxied {
+            accepted: get("proxy", "accepted")?,
+            streams: get("tunnel", "streams_opened")?,
+        }))
     }
 
     fn probe(&self, test: Test, addr: SocketAddrV4) -> Result<Vec<(&'static str, f64)>> {
@@ -307,19 +333,44 @@ fn start_servers(mesh: &Mesh) -> Result<Vec<Proc>> {
     Ok(servers)
 }
 
+/// node1's agent's counters that tell the paths apart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Proxied {
+    accepted: u64,
+    streams: u64,
+}
+
 /// A run that took the wrong path would make the comparison meaningless, so it is an error.
-fn check_path(scenario: Scenario, before: Option<u64>, after: Option<u64>) -> Result<()> {
+fn check_path(scenario: Scenario, before: Option<Proxied>, after: Option<Proxied>) -> Result<()> {
     match (scenario, before, after) {
         (Scenario::Direct, None, None) => Ok(()),
         (Scenario::KernelPath, Some(b), Some(a)) => {
             ensure!(
-                a == b,
-                "kernel-path run went through the agent ({b} -> {a} accepted)"
+                a.accepted == b.accepted,
+                "kernel-path run went through the agent ({} -> {} accepted)",
+                b.accepted,
+                a.accepted
             );
             Ok(())
         }
-        (Scenario::Mesh, Some(b), Some(a)) => {
-            ensure!(a > b, "mesh run did not go through node1's agent");
+        (Scenario::Relay, Some(b), Some(a)) => {
+            ensure!(
+                a.accepted > b.accepted,
+                "relay run did not go through node1's agent"
+            );
+            ensure!(
+                a.streams == b.streams,
+                "relay run went through the tunnel ({} -> {} streams)",
+                b.streams,
+                a.streams
+            );
+            Ok(())
+        }
+        (Scenario::Tunnel, Some(b), Some(a)) => {
+            ensure!(
+                a.accepted > b.accepted && a.streams > b.streams,
+                "tunnel run did not go through node1's agent and the tunnel ({b:?} -> {a:?})"
+            );
             Ok(())
         }
         _ => bail!("agents in the wrong state for the {scenario} scenario"),
@@ -340,10 +391,10 @@ impl Row {
     }
 }
 
-/// Kernel-path rows first, then mesh rows, each in `METRICS` order.
+/// Kernel-path rows first, then relay and tunnel rows, each in `METRICS` order.
 fn rows(samples: &Samples) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for scenario in [Scenario::KernelPath, Scenario::Mesh] {
+    for scenario in [Scenario::KernelPath, Scenario::Relay, Scenario::Tunnel] {
         for metric in &METRICS {
             rows.push(Row {
                 scenario,
@@ -377,30 +428,39 @@ fn print_json(rows: &[Row]) {
     }
 }
 
-/// One line per metric: direct, then kernel-path and mesh with their ratios to direct.
+/// One line per metric: direct, then kernel-path, relay and tunnel with their ratios to
+/// direct.
 fn table(rows: &[Row]) -> String {
+    let rounds = crate::bench::rounds(ROUNDS);
     let mut out = format!(
-        "l4: client pod (node1) -> server pod (node2), median of {ROUNDS} rounds\n\
-         {:<10} {:<6} {:>9} {:>12} {:>7} {:>9} {:>7}\n",
-        "metric", "unit", "direct", "kernel-path", "ratio", "mesh", "ratio"
+        "l4: client pod (node1) -> server pod (node2), median of {rounds} rounds\n\
+         relay: one agent, plain TCP; tunnel: two agents over the mTLS tunnel\n\
+         {:<10} {:<6} {:>9} {:>12} {:>7} {:>9} {:>7} {:>9} {:>7}\n",
+        "metric", "unit", "direct", "kernel-path", "ratio", "relay", "ratio", "tunnel", "ratio"
     );
     for metric in &METRICS {
         let find = |s| {
             rows.iter()
                 .find(|r| r.scenario == s && r.metric.name == metric.name)
         };
-        let (Some(k), Some(m)) = (find(Scenario::KernelPath), find(Scenario::Mesh)) else {
+        let (Some(k), Some(r), Some(t)) = (
+            find(Scenario::KernelPath),
+            find(Scenario::Relay),
+            find(Scenario::Tunnel),
+        ) else {
             continue;
         };
         out += &format!(
-            "{:<10} {:<6} {:>9.2} {:>12.2} {:>7.3} {:>9.2} {:>7.3}\n",
+            "{:<10} {:<6} {:>9.2} {:>12.2} {:>7.3} {:>9.2} {:>7.3} {:>9.2} {:>7.3}\n",
             metric.name,
             metric.unit,
             k.direct,
             k.value,
             k.ratio(),
-            m.value,
-            m.ratio()
+            r.value,
+            r.ratio(),
+            t.value,
+            t.ratio()
         );
     }
     out
@@ -446,10 +506,14 @@ mod tests {
 
     #[test]
     fn wrong_path_is_an_error() {
-        assert!(check_path(Scenario::KernelPath, Some(3), Some(3)).is_ok());
-        assert!(check_path(Scenario::KernelPath, Some(3), Some(4)).is_err());
-        assert!(check_path(Scenario::Mesh, Some(3), Some(4)).is_ok());
-        assert!(check_path(Scenario::Mesh, Some(3), Some(3)).is_err());
-        assert!(check_path(Scenario::Direct, Some(3), Some(3)).is_err());
+        let p = |accepted, streams| Some(Proxied { accepted, streams });
+        assert!(check_path(Scenario::KernelPath, p(3, 1), p(3, 1)).is_ok());
+        assert!(check_path(Scenario::KernelPath, p(3, 1), p(4, 1)).is_err());
+        assert!(check_path(Scenario::Relay, p(3, 1), p(4, 1)).is_ok());
+        assert!(check_path(Scenario::Relay, p(3, 1), p(4, 2)).is_err());
+        assert!(check_path(Scenario::Relay, p(3, 1), p(3, 1)).is_err());
+        assert!(check_path(Scenario::Tunnel, p(3, 1), p(4, 2)).is_ok());
+        assert!(check_path(Scenario::Tunnel, p(3, 1), p(4, 1)).is_err());
+        assert!(check_path(Scenario::Direct, p(3, 1), p(3, 1)).is_err());
     }
 }

@@ -61,6 +61,7 @@ use serde_json::{Value, json};
 
 use super::{cgroup_cpu_seconds, median, number, round3, service};
 
+/// Rounds unless `--rounds` says otherwise (see `bench::rounds`).
 const ROUNDS: usize = 3;
 const RR_COUNT: &str = "20000";
 const RR_WARMUP: &str = "1000";
@@ -337,10 +338,11 @@ impl Bench {
 
     fn measure(&mut self) -> Result<Samples> {
         let mut samples = Samples::new();
-        for round in 1..=ROUNDS {
+        let rounds = crate::bench::rounds(ROUNDS);
+        for round in 1..=rounds {
             for test in TESTS {
                 for scenario in SCENARIOS {
-                    eprint!("round {round}/{ROUNDS}: {test:<14} {scenario:<7}");
+                    eprint!("round {round}/{rounds}: {test:<14} {scenario:<7}");
                     let values = self
                         .run_scenario(scenario, test)
                         .with_context(|| format!("{test} {scenario}, round {round}"));
@@ -747,8 +749,9 @@ fn cell(v: Option<f64>, width: usize, precision: usize) -> String {
 }
 
 fn table(rows: &[Row]) -> String {
+    let rounds = crate::bench::rounds(ROUNDS);
     let mut out = format!(
-        "mtls: client pod (node1) -> server pod (node2), median of {ROUNDS} rounds\n\
+        "mtls: client pod (node1) -> server pod (node2), median of {rounds} rounds\n\
          direct: no agents, pod IP; mesh: VIP via node1 agent -> mTLS HTTP/2 CONNECT -> node2 agent\n\
          {:<28} {:<8} {:>10} {:>10} {:>7} {:>7} {:>4}\n",
         "metric", "unit", "direct", "mesh", "ratio", "goal", "met"

@@ -81,6 +81,10 @@ impl Capture {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // tshark says "Capturing on" when it has started dumpcap, which may open its socket a
+        // moment later: packets sent right away were seen missing (the tunnel's request, while
+        // the later control request was captured).
+        std::thread::sleep(Duration::from_millis(500));
         Capture { proc, file }
     }
 

@@ -183,7 +183,18 @@ fn flows_follow_status_and_log_level() {
     let close_pos = events.iter().position(|e| std::ptr::eq(e, close)).unwrap();
     assert!(open_pos < close_pos, "open comes first: {events:#?}");
 
-    // The table follower printed its header once and a close line for the same socket.
+    // The table follower printed its header once and a close line for the same socket (it
+    // may print it a moment after the JSON follower: wait for it).
+    wait_until(
+        "the table follower's close line",
+        Duration::from_secs(10),
+        || {
+            table_follow
+                .stdout()
+                .lines()
+                .any(|l| l.contains(" close ") && l.contains(&local))
+        },
+    );
     let table = table_follow.stdout();
     let mut lines = table.lines();
     let header = lines.next().expect("header");

@@ -49,7 +49,7 @@ fn a_flood_with_a_tiny_access_log_buffer_drops_lines_not_requests() {
     let web = Backend::start(&mesh, "web", "web", &[]);
     let spec = MeshSpec {
         services: vec![http_service("web", WEB_VIP, "http", &["web"])],
-        telemetry_yaml: Some("{access_log_buffer: 1}".to_string()),
+        telemetry_yaml: Some("{access_log: all, access_log_buffer: 1}".to_string()),
         ..MeshSpec::default()
     };
     mesh.start_agent("node1", &spec).expect("agent node1");

@@ -74,7 +74,8 @@ enum Command {
         rounds: Option<usize>,
         /// http only: run the saturation tests once per telemetry setting, back to back,
         /// and print a table comparing them (a comma-separated list among off, access_log,
-        /// istio_metrics, destination_requests, defaults; `all` for every one).
+        /// istio_metrics, destination_requests, defaults, defaults+request_log; `all` for
+        /// every one).
         #[arg(long)]
         telemetry: Option<String>,
         /// compare only: write the new results into the baseline instead of comparing.

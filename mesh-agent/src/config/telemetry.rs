@@ -28,8 +28,8 @@ pub struct TelemetrySettings {
     /// Record Istio's standard metrics (istio_*). The agent's own mesh_agent_* metrics are
     /// always served.
     pub istio_metrics: bool,
-    /// One log line per closed connection and per HTTP request (target `access`).
-    pub access_log: bool,
+    /// Which access-log lines are written (target `access`).
+    pub access_log: AccessLogMode,
     /// Access-log records waiting for the writer thread; beyond that they are dropped and
     /// counted (mesh_agent_access_log_dropped_total), never waited for.
     pub access_log_buffer: usize,
@@ -52,13 +52,37 @@ impl Default for TelemetrySettings {
             metrics_address: DEFAULT_METRICS_ADDRESS,
             readiness_address: DEFAULT_READINESS_ADDRESS,
             istio_metrics: true,
-            access_log: true,
+            access_log: AccessLogMode::Connections,
             access_log_buffer: crate::accesslog::DEFAULT_BUFFER,
             destination_requests: true,
             cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             program_stats: true,
         }
+    }
+}
+
+/// What the access log writes. Connection lines cost one line per connection; request lines
+/// one per HTTP request at each agent that reports it (two for a request between nodes), which
+/// at a busy node is tens of MB/s of log: like Istio (whose access log is off by default) and
+/// ztunnel (which logs connections), request lines are asked for, not the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    Off,
+    /// One line per closed connection.
+    Connections,
+    /// Connection lines and one line per HTTP request.
+    All,
+}
+
+impl AccessLogMode {
+    pub fn connections(self) -> bool {
+        self != AccessLogMode::Off
+    }
+
+    pub fn requests(self) -> bool {
+        self == AccessLogMode::All
     }
 }
 
@@ -72,7 +96,9 @@ pub(super) struct RawTelemetry {
     #[serde(default)]
     istio_metrics: Option<bool>,
     #[serde(default)]
-    access_log: Option<bool>,
+    /// A mode, or true (all) / false (off) as before modes existed; read as text so that
+    /// errors keep their line.
+    access_log: Option<Text>,
     #[serde(default)]
     access_log_buffer: Option<Text>,
     #[serde(default)]
@@ -121,18 +147,24 @@ impl Checker<'_> {
                 .map(|n| n as usize),
             None => Some(defaults.access_log_buffer),
         };
+        let access_log = match &raw.access_log {
+            Some(m) => self.keep(self.access_log_mode(m)),
+            None => Some(defaults.access_log),
+        };
         let (
             Some(metrics_address),
             Some(readiness_address),
             Some(cluster_id),
             Some(cluster_domain),
             Some(access_log_buffer),
+            Some(access_log),
         ) = (
             metrics_address,
             readiness_address,
             cluster_id,
             cluster_domain,
             access_log_buffer,
+            access_log,
         )
         else {
             return Err(self.reported());
@@ -141,7 +173,7 @@ impl Checker<'_> {
             metrics_address,
             readiness_address,
             istio_metrics: raw.istio_metrics.unwrap_or(defaults.istio_metrics),
-            access_log: raw.access_log.unwrap_or(defaults.access_log),
+            access_log,
             access_log_buffer,
             destination_requests: raw
                 .destination_requests
@@ -150,6 +182,21 @@ impl Checker<'_> {
             cluster_domain,
             program_stats: raw.program_stats.unwrap_or(defaults.program_stats),
         })
+    }
+
+    fn access_log_mode(&self, raw: &Text) -> Result<AccessLogMode, ConfigError> {
+        match raw.value.trim() {
+            "off" | "false" => Ok(AccessLogMode::Off),
+            "connections" => Ok(AccessLogMode::Connections),
+            "all" | "true" => Ok(AccessLogMode::All),
+            other => Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid telemetry.access_log {}: expected off, connections or all (or true/false)",
+                    quote(other)
+                ),
+            )),
+        }
     }
 
     /// The telemetry listeners must not share a port with the node's.
@@ -289,7 +336,26 @@ mod tests {
         assert_eq!(t.readiness_address.to_string(), "0.0.0.0:15021");
         assert_eq!(t.cluster_id, "Kubernetes");
         assert_eq!(t.cluster_domain, "cluster.local");
-        assert!(t.access_log && t.program_stats);
+        assert_eq!(t.access_log, super::AccessLogMode::Connections);
+        assert!(t.program_stats);
+    }
+
+    #[test]
+    fn access_log_takes_a_mode_or_a_switch() {
+        use super::AccessLogMode::*;
+        for (written, mode) in [
+            ("off", Off),
+            ("connections", Connections),
+            ("all", All),
+            ("true", All),
+            ("false", Off),
+        ] {
+            let t = parse(&format!("  access_log: {written}\n")).unwrap();
+            assert_eq!(t.access_log, mode, "{written}");
+        }
+        assert!(All.requests() && All.connections());
+        assert!(Connections.connections() && !Connections.requests());
+        assert!(!Off.connections() && !Off.requests());
     }
 
     #[test]
@@ -300,7 +366,8 @@ mod tests {
         .unwrap();
         assert_eq!(t.metrics_address.to_string(), "127.0.0.1:9464");
         assert_eq!(t.readiness_address.to_string(), "[::]:9465");
-        assert!(!t.istio_metrics && !t.access_log && !t.program_stats);
+        assert!(!t.istio_metrics && !t.program_stats);
+        assert_eq!(t.access_log, super::AccessLogMode::Off);
         assert!(!t.destination_requests);
         assert_eq!(t.access_log_buffer, 16);
         assert_eq!(t.cluster_id, "east-1");
@@ -335,6 +402,11 @@ mod tests {
             "  access_log_buffer: 0\n",
             Some(5),
             "telemetry.access_log_buffer 0 is out of range 1..=1048576",
+        );
+        fails(
+            "  access_log: requests\n",
+            Some(5),
+            "expected off, connections or all",
         );
         fails(
             "  access_log_buffer: lots\n",

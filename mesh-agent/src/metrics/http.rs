@@ -248,7 +248,7 @@ impl Pending {
         let shared = &self.shared;
         let istio = shared.telemetry.istio_enabled();
         let access =
-            shared.telemetry.access_log_enabled() && crate::accesslog::AccessLog::filter_allows();
+            shared.telemetry.request_log_enabled() && crate::accesslog::AccessLog::filter_allows();
         if !istio && !access {
             return;
         }

@@ -22,7 +22,8 @@ use crate::{config::TelemetrySettings, runtime::Shared};
 #[derive(Debug, Default)]
 pub struct Switches {
     istio: AtomicBool,
-    access_log: AtomicBool,
+    access_connections: AtomicBool,
+    access_requests: AtomicBool,
     destination_requests: AtomicBool,
 }
 
@@ -35,8 +36,10 @@ impl Switches {
 
     pub fn apply(&self, settings: &TelemetrySettings) {
         self.istio.store(settings.istio_metrics, Ordering::Relaxed);
-        self.access_log
-            .store(settings.access_log, Ordering::Relaxed);
+        self.access_connections
+            .store(settings.access_log.connections(), Ordering::Relaxed);
+        self.access_requests
+            .store(settings.access_log.requests(), Ordering::Relaxed);
         self.destination_requests
             .store(settings.destination_requests, Ordering::Relaxed);
     }
@@ -45,15 +48,21 @@ impl Switches {
         self.istio.load(Ordering::Relaxed)
     }
 
-    pub fn access_log_enabled(&self) -> bool {
-        self.access_log.load(Ordering::Relaxed)
+    /// Whether closed connections get an access-log line.
+    pub fn connection_log_enabled(&self) -> bool {
+        self.access_connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether HTTP requests get an access-log line.
+    pub fn request_log_enabled(&self) -> bool {
+        self.access_requests.load(Ordering::Relaxed)
     }
 
     /// Whether the destination agent parses HTTP on declared ports to report requests: only
     /// when asked to and when something records them.
     pub fn destination_requests_enabled(&self) -> bool {
         self.destination_requests.load(Ordering::Relaxed)
-            && (self.istio_enabled() || self.access_log_enabled())
+            && (self.istio_enabled() || self.request_log_enabled())
     }
 }
 
@@ -71,7 +80,7 @@ pub fn refresh(shared: &Shared) {
 pub fn connection_closed(shared: &Shared, event: &mesh_common::ConnEvent) {
     let istio = shared.telemetry.istio_enabled();
     let access =
-        shared.telemetry.access_log_enabled() && crate::accesslog::AccessLog::filter_allows();
+        shared.telemetry.connection_log_enabled() && crate::accesslog::AccessLog::filter_allows();
     if !istio && !access {
         return;
     }

@@ -18,15 +18,17 @@ use super::{Bench, Load, Proto, SCENARIOS, Samples, Scenario, TESTS, Test, ensur
 use crate::bench::{median, round3};
 
 /// The settings compared, by name: everything off, each part alone on (destination-side
-/// reporting needs a consumer, so it is measured on top of Istio metrics), the defaults.
-const VARIANTS: [(&str, &str); 5] = [
+/// reporting needs a consumer, so it is measured on top of Istio metrics; `access_log` is the
+/// request lines, written by the source agent only), the defaults (connection lines, Istio
+/// metrics, destination-side reporting), and the defaults with request lines at both ends.
+const VARIANTS: [(&str, &str); 6] = [
     (
         "off",
         "{istio_metrics: false, access_log: false, destination_requests: false}",
     ),
     (
         "access_log",
-        "{istio_metrics: false, access_log: true, destination_requests: false}",
+        "{istio_metrics: false, access_log: all, destination_requests: false}",
     ),
     (
         "istio_metrics",
@@ -37,6 +39,7 @@ const VARIANTS: [(&str, &str); 5] = [
         "{istio_metrics: true, access_log: false, destination_requests: true}",
     ),
     ("defaults", "{}"),
+    ("defaults+request_log", "{access_log: all}"),
 ];
 
 /// Defaults may cost at most this much more CPU per request than everything off...

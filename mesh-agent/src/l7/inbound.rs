@@ -50,39 +50,43 @@ use crate::{
 /// hyper refuses HTTP/1 read buffers below 8 KiB.
 const MIN_H1_BUFFER: usize = 8192;
 
-/// Whether the destination agent serves `target` (a workload address of this node) as HTTP:
-/// every service port that forwards to it (an endpoint of the service has the address and the
-/// port's target port is the port) is declared `http`, `http2` or `grpc`, and there is at
-/// least one. A `tcp` or undeclared port among them keeps the stream opaque.
-pub fn speaks_http(config: &Config, target: SocketAddr) -> bool {
-    let ip = canonical_ip(target.ip());
-    let mut ports = config
-        .services
-        .iter()
-        .filter(|s| s.endpoints.iter().any(|e| canonical_ip(e.ip) == ip))
-        .flat_map(|s| &s.ports)
-        .filter(|p| p.target_port == target.port())
-        .peekable();
-    ports.peek().is_some()
-        && ports.all(|p| {
-            matches!(
-                p.protocol,
-                PortProtocol::Declared(Protocol::Http | Protocol::Http2 | Protocol::Grpc)
-            )
-        })
+/// How the destination agent serves a tunnel stream to a declared HTTP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Every port is `http`: the source agent speaks HTTP/1.1 (`inbound_h1`'s framing pass).
+    Http1,
+    /// Every port is `http2` or `grpc`: the source agent speaks HTTP/2 (`inbound_h2`).
+    Http2,
+    /// Both kinds: either may come, so the HTTP server here serves the stream.
+    Either,
 }
 
-/// Whether every service port that forwards to `target` is declared `http`: the source agent
-/// then speaks HTTP/1.1 on the stream, which the framing pass (`inbound_h1`) serves.
-pub fn speaks_http1(config: &Config, target: SocketAddr) -> bool {
+/// How the destination agent serves `target` (a workload address of this node) as HTTP:
+/// every service port that forwards to it (an endpoint of the service has the address and the
+/// port's target port is the port) is declared `http`, `http2` or `grpc`, and there is at
+/// least one. `None` (the stream stays opaque) when a `tcp` or undeclared port is among them.
+pub fn served_as(config: &Config, target: SocketAddr) -> Option<Served> {
     let ip = canonical_ip(target.ip());
-    config
+    let (mut h1, mut h2) = (false, false);
+    let ports = config
         .services
         .iter()
         .filter(|s| s.endpoints.iter().any(|e| canonical_ip(e.ip) == ip))
         .flat_map(|s| &s.ports)
-        .filter(|p| p.target_port == target.port())
-        .all(|p| p.protocol == PortProtocol::Declared(Protocol::Http))
+        .filter(|p| p.target_port == target.port());
+    for port in ports {
+        match port.protocol {
+            PortProtocol::Declared(Protocol::Http) => h1 = true,
+            PortProtocol::Declared(Protocol::Http2 | Protocol::Grpc) => h2 = true,
+            _ => return None,
+        }
+    }
+    match (h1, h2) {
+        (true, false) => Some(Served::Http1),
+        (false, true) => Some(Served::Http2),
+        (true, true) => Some(Served::Either),
+        (false, false) => None,
+    }
 }
 
 /// One tunnel stream to a local workload, as the inbound path authorized it.
@@ -458,36 +462,45 @@ mod tests {
     #[test]
     fn only_declared_http_ports_are_served_as_http() {
         let target: SocketAddr = "10.0.0.5:8080".parse().unwrap();
-        for protocol in [Protocol::Http, Protocol::Http2, Protocol::Grpc] {
-            let c = config(vec![port(8080, Some(protocol))]);
-            assert!(speaks_http(&c, target), "{protocol:?}");
-        }
-        assert!(speaks_http1(
-            &config(vec![port(8080, Some(Protocol::Http))]),
-            target
-        ));
+        let served = |ports| served_as(&config(ports), target);
+        assert_eq!(
+            served(vec![port(8080, Some(Protocol::Http))]),
+            Some(Served::Http1)
+        );
         for protocol in [Protocol::Http2, Protocol::Grpc] {
-            let c = config(vec![port(8080, Some(protocol))]);
-            assert!(!speaks_http1(&c, target), "{protocol:?}");
+            assert_eq!(
+                served(vec![port(8080, Some(protocol))]),
+                Some(Served::Http2),
+                "{protocol:?}"
+            );
         }
-        let c = config(vec![port(8080, Some(Protocol::Tcp))]);
-        assert!(!speaks_http(&c, target));
-        let c = config(vec![port(8080, None)]);
-        assert!(
-            !speaks_http(&c, target),
+        assert_eq!(
+            served(vec![
+                port(8080, Some(Protocol::Http)),
+                port(8080, Some(Protocol::Grpc))
+            ]),
+            Some(Served::Either)
+        );
+        assert_eq!(served(vec![port(8080, Some(Protocol::Tcp))]), None);
+        assert_eq!(
+            served(vec![port(8080, None)]),
+            None,
             "undeclared ports are detected, not served"
         );
         let c = config(vec![port(9090, Some(Protocol::Http))]);
-        assert!(!speaks_http(&c, target), "another target port");
-        assert!(
-            !speaks_http(&c, "10.0.0.6:9090".parse().unwrap()),
+        assert_eq!(served_as(&c, target), None, "another target port");
+        assert_eq!(
+            served_as(&c, "10.0.0.6:9090".parse().unwrap()),
+            None,
             "another address"
         );
         // Two service ports to the same target port that disagree: the stream stays opaque.
-        let c = config(vec![
-            port(8080, Some(Protocol::Http)),
-            port(8080, Some(Protocol::Tcp)),
-        ]);
-        assert!(!speaks_http(&c, target));
+        assert_eq!(
+            served(vec![
+                port(8080, Some(Protocol::Http)),
+                port(8080, Some(Protocol::Tcp)),
+            ]),
+            None
+        );
     }
 }

@@ -378,6 +378,7 @@ where
             d.source.clone(),
             self.series.clone(),
             status,
+            None,
             flag.map(ResponseFlag::code),
             bytes,
         );

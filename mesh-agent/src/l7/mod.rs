@@ -18,6 +18,7 @@ pub mod framing;
 pub mod headers;
 pub mod inbound;
 pub mod inbound_h1;
+pub mod inbound_h2;
 pub mod matcher;
 pub mod proxy;
 pub mod stats;

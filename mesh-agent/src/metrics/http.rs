@@ -136,6 +136,16 @@ impl RequestMeter {
         RequestMeter::with_target(target, version, false, client, None).delivered_to(endpoint)
     }
 
+    /// The same for an HTTP/2 request the destination relays as frames (`l7::inbound_h2`).
+    pub fn at_destination_h2(
+        target: RequestTarget,
+        grpc: bool,
+        client: SocketAddr,
+        endpoint: SocketAddr,
+    ) -> RequestMeter {
+        RequestMeter::with_target(target, "HTTP/2", grpc, client, None).delivered_to(endpoint)
+    }
+
     fn delivered_to(mut self, endpoint: SocketAddr) -> RequestMeter {
         self.reporter = Reporter::Destination;
         self.at_local_endpoint = true;
@@ -145,14 +155,17 @@ impl RequestMeter {
         self
     }
 
-    /// Records a request whose answer was relayed as bytes (`l7::inbound_h1`): the status,
-    /// the flag of an answer the agent made itself, and the response body bytes.
+    /// Records a request whose answer was relayed as bytes (`l7::inbound_h1`, `inbound_h2`):
+    /// the status, the grpc-status, the flag of an answer the agent made itself, and the
+    /// response body bytes.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_relayed(
         self,
         shared: &Arc<Shared>,
         source: Arc<Peer>,
         cache: Arc<SeriesCache>,
         status: u16,
+        grpc_status: Option<u32>,
         flags: Option<&'static str>,
         response_bytes: u64,
     ) {
@@ -162,7 +175,7 @@ impl RequestMeter {
             source,
             cache,
             status,
-            grpc_status: None,
+            grpc_status,
             flags,
             response_bytes,
         }

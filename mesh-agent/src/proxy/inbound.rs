@@ -6,6 +6,7 @@
 //! and carries a SPIFFE ID of our trust domain (see identity::tls). It speaks HTTP/2 and
 //! serves only CONNECT to an address of a workload of this node, so it is never an open proxy.
 
+use crate::l7::inbound::Served;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
@@ -375,9 +376,11 @@ async fn handle_stream(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = cert.id.clone();
     // Declared HTTP ports: requests are served (and reported as the destination) one by one.
-    let http = shared.telemetry.destination_requests_enabled()
-        && crate::l7::inbound::speaks_http(&shared.state().config, target);
-    let http1 = http && crate::l7::inbound::speaks_http1(&shared.state().config, target);
+    let served = if shared.telemetry.destination_requests_enabled() {
+        crate::l7::inbound::served_as(&shared.state().config, target)
+    } else {
+        None
+    };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -386,7 +389,7 @@ async fn handle_stream(
                 return;
             }
         };
-        if http {
+        if let Some(served) = served {
             shared
                 .inbound_stats
                 .http_streams
@@ -399,11 +402,14 @@ async fn handle_stream(
                 target,
                 client: peer,
             };
-            if http1 {
-                let tunnel = TokioIo::new(upgraded);
-                return crate::l7::inbound_h1::serve(tunnel, upstream, delivery).await;
-            }
-            return crate::l7::inbound::serve(upgraded, upstream, delivery).await;
+            let tunnel = TokioIo::new(upgraded);
+            return match served {
+                Served::Http1 => crate::l7::inbound_h1::serve(tunnel, upstream, delivery).await,
+                Served::Http2 => crate::l7::inbound_h2::serve(tunnel, upstream, delivery).await,
+                Served::Either => {
+                    crate::l7::inbound::serve(tunnel.into_inner(), upstream, delivery).await
+                }
+            };
         }
         match super::relay(TokioIo::new(upgraded), upstream).await {
             Ok((up, down)) => {

@@ -2,7 +2,7 @@
 //! together and runs until SIGTERM/SIGINT, then detaches everything it attached.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{
@@ -115,16 +115,28 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Installs a new model (a config change) and drops the istio_* series of workloads that
-    /// are no longer in it; returns how many label sets were dropped.
+    /// Installs a new model (a config change) and drops the istio_* series of this node's
+    /// workloads that are no longer in it; returns how many label sets were dropped.
     pub fn replace_state(&self, state: State) -> usize {
         self.replace_state_arc(Arc::new(state))
     }
 
     pub fn replace_state_arc(&self, state: Arc<State>) -> usize {
-        let live = state.peers.workloads().clone();
+        // Only workloads that were ours and left: series naming another node's workloads (a
+        // remote client reported at the destination, a remote server at the source) are not
+        // this config's to end, so a reload must not reset them.
+        let departed: HashSet<(String, String)> = self
+            .state()
+            .peers
+            .workloads()
+            .difference(state.peers.workloads())
+            .cloned()
+            .collect();
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
-        self.istio.retain_workloads(&live)
+        if departed.is_empty() {
+            return 0;
+        }
+        self.istio.forget_workloads(&departed)
     }
 
     /// The outbound listeners (one or two per network namespace).

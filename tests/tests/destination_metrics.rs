@@ -336,6 +336,117 @@ fn cross_node_h2c_is_reported_by_the_destination() {
     assert_no_panics(&mesh);
 }
 
+/// Every service account of `default` is refused: an ALLOW policy without rules allows
+/// nothing.
+const LOCKDOWN: &str = "\n  - name: lockdown\n    namespace: default\n    action: ALLOW\n";
+
+/// A policy tightened while the source agent pools a tunnel stream to the workload: the next
+/// request on that stream is judged by the destination (403 RBAC, reported there), never
+/// reaches the workload, and the stream ends, so the request after it opens a new stream,
+/// which the tunnel refuses (403 RBAC from the source agent). For `http` ports (HTTP/1.1
+/// framing pass) and `http2` ports (HTTP/2 frames, where the refusal is a header-only answer
+/// and a GOAWAY).
+#[test]
+fn a_tightened_policy_refuses_the_next_request_on_a_pooled_stream() {
+    for (tag, protocol, vip) in [
+        ("dm-deny-h1", "http", WEB_VIP),
+        ("dm-deny-h2", "http2", H2_VIP),
+    ] {
+        let mut mesh = mesh(tag);
+        mesh.sim.add_pod("node1", "client").expect("pod client");
+        mesh.sim.add_pod("node2", "web").expect("pod web");
+        let web = Backend::start(&mesh, "web", "web", &[]);
+        let open = MeshSpec {
+            services: vec![http_service("web", vip, protocol, &["web"])],
+            ..MeshSpec::default()
+        };
+        start_agents(&mut mesh, &open);
+        let answer = || {
+            let out = mesh
+                .run_in(
+                    "client",
+                    "curl",
+                    &[
+                        "-sS",
+                        "-m",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code} %header{x-mesh-response-flags}",
+                        &format!("http://{vip}/"),
+                    ],
+                )
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(answer(), "200", "{protocol}: {}", mesh.agent_logs("node2"));
+
+        let reloads = || {
+            mesh.admin("node2", "/config_dump").expect("config_dump")["status"]["config_reloads"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let before = reloads();
+        let locked = MeshSpec {
+            authorization_yaml: Some(LOCKDOWN.into()),
+            ..open.clone()
+        };
+        let path = mesh.sim.dir().join("node2.yaml");
+        let tmp = mesh.sim.dir().join(".node2.yaml.new");
+        std::fs::write(&tmp, mesh.render_config("node2", &locked)).expect("write config");
+        std::fs::rename(&tmp, &path).expect("rename config");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() == before {
+            assert!(
+                Instant::now() < deadline,
+                "{protocol}: node2 did not reload"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        assert_eq!(
+            answer(),
+            "403 RBAC",
+            "{protocol}: pooled stream, judged at the destination"
+        );
+        assert_eq!(
+            answer(),
+            "403 RBAC",
+            "{protocol}: new stream, refused by the tunnel"
+        );
+        assert_eq!(
+            web.requests(),
+            1,
+            "{protocol}: only the first request reached web"
+        );
+        let denied = [
+            ("reporter", "destination"),
+            ("destination_workload", "web"),
+            ("response_code", "403"),
+            ("response_flags", "RBAC"),
+        ];
+        let node2 = wait_requests(&mesh, "node2", &denied, 1.0);
+        assert_eq!(
+            sum(&node2, "istio_requests_total", &denied),
+            1.0,
+            "{protocol}: {}",
+            show(&node2)
+        );
+        // The reload kept the series of the remote client (it names no workload of node2
+        // that left).
+        let served = [("reporter", "destination"), ("response_code", "200")];
+        assert_eq!(
+            sum(&node2, "istio_requests_total", &served),
+            1.0,
+            "{protocol}: {}",
+            show(&node2)
+        );
+        assert!(mesh.stat("node2", "inbound", "authz_denied").expect("stat") >= 2);
+        assert_no_panics(&mesh);
+    }
+}
+
 /// gRPC cross node: OK calls are reported at the destination with grpc_response_status="0"
 /// (read from the trailers), failing ones with 14 (UNAVAILABLE).
 #[test]

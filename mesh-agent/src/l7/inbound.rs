@@ -1,7 +1,9 @@
 //! The destination side of the L7 path: a tunnel stream to a workload port declared `http`,
-//! `http2` or `grpc` is served as HTTP (hyper: HTTP/1.1 or h2c, as the source agent speaks)
-//! so that every request is reported with `reporter="destination"` (what Flagger, Kiali and
-//! Istio's dashboards query). Requests go on to the workload unchanged except for hop-by-hop
+//! `http2` or `grpc` is followed request by request so that every request is reported with
+//! `reporter="destination"` (what Flagger, Kiali and Istio's dashboards query). `served_as`
+//! picks how: ports that are all `http` go to `inbound_h1`'s framing pass, ports that are all
+//! `http2`/`grpc` to `inbound_h2`'s frame pass; only a stream that may carry either is served
+//! here as HTTP (hyper: HTTP/1.1 or h2c, as the source agent speaks). Requests go on to the workload unchanged except for hop-by-hop
 //! headers, over the connection the inbound path already opened (more are opened through the
 //! same authorization when the workload closes one). No routing happens here: that was the
 //! source agent's job.

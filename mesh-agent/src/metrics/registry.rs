@@ -202,12 +202,12 @@ impl IstioMetrics {
             .record(duration, request_bytes, response_bytes);
     }
 
-    /// Drops every series naming a workload (as source or destination) that is not in `live`
-    /// (namespace, name). Series whose workloads are unknown stay.
-    pub fn retain_workloads(&self, live: &HashSet<(String, String)>) -> usize {
+    /// Drops every series naming one of `departed` (namespace, name) as source or
+    /// destination workload.
+    pub fn forget_workloads(&self, departed: &HashSet<(String, String)>) -> usize {
         let gone = |l: &TrafficLabels| {
             let missing = |ns: &str, name: &str, known: bool| {
-                known && !live.contains(&(ns.to_owned(), name.to_owned()))
+                known && departed.contains(&(ns.to_owned(), name.to_owned()))
             };
             missing(
                 l.source_workload_namespace.as_str(),
@@ -359,17 +359,17 @@ mod tests {
     }
 
     #[test]
-    fn series_of_gone_workloads_are_dropped() {
+    fn series_of_departed_workloads_are_dropped_and_others_kept() {
         let m = IstioMetrics::new();
         m.tcp(&labels("a", "b")).opened.inc();
         m.tcp(&labels("c", "b")).opened.inc();
         let unknown = TrafficLabels::default();
         m.tcp(&unknown).opened.inc();
-        let live: HashSet<(String, String)> = [("shop", "b"), ("shop", "c")]
+        let departed: HashSet<(String, String)> = [("shop", "a"), ("shop", "z")]
             .iter()
             .map(|(n, w)| (n.to_string(), w.to_string()))
             .collect();
-        assert_eq!(m.retain_workloads(&live), 1);
+        assert_eq!(m.forget_workloads(&departed), 1);
         assert_eq!(m.series_count(), 2);
         let mut text = String::new();
         m.encode(&mut text).unwrap();

@@ -336,6 +336,69 @@ fn cross_node_h2c_is_reported_by_the_destination() {
     assert_no_panics(&mesh);
 }
 
+/// One workload port that two services declare differently (`http` on one VIP, `http2` on
+/// the other): either protocol may come on a tunnel stream, and the destination picks its
+/// pass from the stream's first bytes. HTTP/1.1 and h2c requests are all answered and all
+/// counted at the destination, exactly.
+#[test]
+fn a_port_declared_http_and_http2_is_reported_for_both() {
+    let mut mesh = mesh("dm-either");
+    mesh.sim.add_pod("node1", "client").expect("pod client");
+    mesh.sim.add_pod("node2", "web").expect("pod web");
+    let web = Backend::start(&mesh, "web", "web", &[]);
+    let spec = MeshSpec {
+        services: vec![
+            http_service("web", WEB_VIP, "http", &["web"]),
+            http_service("web-h2", H2_VIP, "http2", &["web"]),
+        ],
+        ..MeshSpec::default()
+    };
+    start_agents(&mut mesh, &spec);
+
+    let urls: Vec<String> = (0..3).map(|i| format!("http://{WEB_VIP}/r{i}")).collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let replies = curl_many(&mesh, "client", &args);
+    assert_eq!(replies.len(), 3);
+    for r in &replies {
+        assert_eq!((r.status, r.backend()), (200, "web"), "{}", r.raw);
+    }
+    let (ok, failed, errored, out) = h2load(
+        &mesh,
+        "client",
+        &[
+            "-n",
+            "50",
+            "-c",
+            "1",
+            "-m",
+            "5",
+            &format!("http://{H2_VIP}/"),
+        ],
+    );
+    assert_eq!((ok, failed, errored), (50, 0, 0), "{out}");
+    assert_eq!(web.requests(), 53);
+    let at_web = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        ("destination_workload", "web"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let node2 = wait_requests(&mesh, "node2", &at_web, 53.0);
+    assert_eq!(
+        sum(&node2, "istio_requests_total", &at_web),
+        53.0,
+        "{}",
+        show(&node2)
+    );
+    assert_eq!(
+        sum(&node2, "istio_response_bytes_sum", &at_web),
+        53.0 * "web\n".len() as f64
+    );
+    assert!(mesh.stat("node2", "inbound", "http_streams").expect("stat") >= 2);
+    assert_no_panics(&mesh);
+}
+
 /// Every service account of `default` is refused: an ALLOW policy without rules allows
 /// nothing.
 const LOCKDOWN: &str = "\n  - name: lockdown\n    namespace: default\n    action: ALLOW\n";

@@ -9,7 +9,12 @@
 
 use std::time::Duration;
 
-use tokio::{net::TcpStream, time::Instant};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    net::TcpStream,
+    time::Instant,
+};
 
 /// The HTTP/2 client connection preface (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -75,6 +80,24 @@ pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Detected {
     }
 }
 
+/// Reads a stream's first bytes until they say which HTTP version it speaks (for a stream
+/// whose client always speaks first, such as a tunnel stream from a source agent): the bytes
+/// read, to be replayed, and the verdict (`None`: the stream ended first).
+pub async fn read_start<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> std::io::Result<(Bytes, Option<Detected>)> {
+    let mut start = BytesMut::with_capacity(DECISIVE);
+    loop {
+        let room = DECISIVE - start.len();
+        if stream.read_buf(&mut (&mut start).limit(room)).await? == 0 {
+            return Ok((start.freeze(), None));
+        }
+        if let Some(found) = classify(&start) {
+            return Ok((start.freeze(), Some(found)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +125,34 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bytes)
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_start_of_a_stream_is_read_until_it_decides() {
+        for (sent, want) in [
+            (
+                &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04"[..],
+                Some(Detected::Http2),
+            ),
+            (
+                &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+                Some(Detected::Http1),
+            ),
+            (&b"\x16\x03\x01"[..], Some(Detected::Tcp)),
+            (&b"PRI * HT"[..], None),
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(256);
+            // In pieces: a verdict waits for enough bytes.
+            for piece in sent.chunks(5) {
+                tokio::io::AsyncWriteExt::write_all(&mut client, piece)
+                    .await
+                    .unwrap();
+            }
+            drop(client);
+            let (start, found) = read_start(&mut server).await.unwrap();
+            assert_eq!(found, want, "{:?}", String::from_utf8_lossy(sent));
+            assert!(sent.starts_with(&start) && start.len() <= DECISIVE);
         }
     }
 

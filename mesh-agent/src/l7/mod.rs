@@ -21,6 +21,7 @@ pub mod inbound_h1;
 pub mod inbound_h2;
 pub mod matcher;
 pub mod proxy;
+pub mod replay;
 pub mod stats;
 pub mod upstream;
 

@@ -6,7 +6,6 @@
 //! and carries a SPIFFE ID of our trust domain (see identity::tls). It speaks HTTP/2 and
 //! serves only CONNECT to an address of a workload of this node, so it is never an open proxy.
 
-use crate::l7::inbound::Served;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
@@ -403,13 +402,7 @@ async fn handle_stream(
                 client: peer,
             };
             let tunnel = TokioIo::new(upgraded);
-            return match served {
-                Served::Http1 => crate::l7::inbound_h1::serve(tunnel, upstream, delivery).await,
-                Served::Http2 => crate::l7::inbound_h2::serve(tunnel, upstream, delivery).await,
-                Served::Either => {
-                    crate::l7::inbound::serve(tunnel.into_inner(), upstream, delivery).await
-                }
-            };
+            return crate::l7::inbound::serve(tunnel, upstream, delivery, served).await;
         }
         match super::relay(TokioIo::new(upgraded), upstream).await {
             Ok((up, down)) => {

@@ -484,7 +484,21 @@ impl Bench {
         let run = self.h2load(test, &url)?;
         let cpu_after = self.agents_cpu_seconds()?;
         let after = self.counters()?;
-        check_path(before, after, run.requests)?;
+        check_path(before, after, run.requests).map_err(|e| {
+            // What the agents said about the run (statuses, timeouts, ejections, tunnel
+            // errors) is what tells a wrong path apart from an agent fault.
+            let stats = |node: &str| {
+                self.mesh
+                    .admin(node, "/stats")
+                    .map(|s| format!("http {} tunnel {}", s["http"], s["tunnel"]))
+                    .unwrap_or_else(|e| format!("unreadable: {e:#}"))
+            };
+            e.context(format!(
+                "node1 /stats: {}\nnode2 /stats: {}",
+                stats("node1"),
+                stats("node2")
+            ))
+        })?;
 
         let mut values = vec![
             (test.metric("rps"), run.rps),

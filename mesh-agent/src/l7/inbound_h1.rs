@@ -286,19 +286,34 @@ fn local_reply(flag: ResponseFlag, status: StatusCode, close: bool) -> Vec<u8> {
 }
 
 /// Whether a kept connection to the workload is still usable: not closed by the workload, and
-/// nothing unasked for waiting on it.
+/// nothing unasked for waiting on it. Asked before every request, so it costs no syscall in
+/// the usual case: tokio clears a socket's read readiness when a read comes back short (as
+/// the read that ended the last answer did) and sets it again only when the kernel reports
+/// new data or the workload's FIN; only then is the socket peeked at.
 fn still_open(tcp: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a one-byte peek into a local buffer on a socket we own.
-    let n = unsafe {
-        libc::recv(
-            tcp.as_raw_fd(),
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if tcp.poll_read_ready(&mut cx).is_pending() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    // A peek that finds nothing (WouldBlock) clears the readiness again.
+    let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: a one-byte peek into a local buffer on a socket we own.
+        let n = unsafe {
+            libc::recv(
+                tcp.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n)
+        }
+    });
+    matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// What became of one exchange.
@@ -664,5 +679,32 @@ mod tests {
         assert!(matches!(r, Err(BodyError::From)));
         let (r, _, _) = relayed(b"3\r\nab", Framing::Chunked).await;
         assert!(matches!(r, Err(BodyError::From)));
+    }
+
+    #[tokio::test]
+    async fn a_kept_workload_connection_is_usable_until_it_speaks_or_closes() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut kept = Side::new(TcpStream::connect(addr).await.unwrap());
+        let (mut workload, _) = listener.accept().await.unwrap();
+        assert!(still_open(&kept.io), "idle");
+        // An answer read to its end (a short read) leaves nothing to look at.
+        workload.write_all(b"answer").await.unwrap();
+        assert!(kept.fill().await.unwrap());
+        assert!(still_open(&kept.io), "after an answer");
+        assert!(still_open(&kept.io), "asked twice");
+        // Bytes nobody asked for.
+        workload.write_all(b"x").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!still_open(&kept.io), "unasked-for bytes");
+        // Closed by the workload.
+        let mut other = Side::new(TcpStream::connect(addr).await.unwrap());
+        let (workload, _) = listener.accept().await.unwrap();
+        assert!(still_open(&other.io));
+        drop(workload);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!still_open(&other.io), "closed");
+        let _ = other.fill().await;
     }
 }

@@ -183,26 +183,8 @@ fn only_allowed_principals_reach_the_workload_and_deny_wins() {
 #[test]
 fn refusal_on_an_http_port_is_403_with_the_rbac_flag() {
     let (mesh, _spec, _web, accepts) = authz_mesh("authz-http", "http");
-    let answer = |pod: &str| {
-        let url = format!("http://{WEB_REMOTE_VIP}:80/");
-        let out = mesh
-            .run_in(
-                pod,
-                "curl",
-                &[
-                    "-sS",
-                    "-m",
-                    "5",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code} %header{x-mesh-response-flags}",
-                    &url,
-                ],
-            )
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let url = format!("http://{WEB_REMOTE_VIP}:80/");
+    let answer = |pod: &str| status_and_flags(&mesh, pod, &url);
     assert_eq!(answer("a"), "200", "{}", mesh.agent_logs("node1"));
     assert_eq!(answer("b"), "403 RBAC", "{}", mesh.agent_logs("node1"));
     let accepted = std::fs::read_to_string(&accepts).unwrap_or_default();

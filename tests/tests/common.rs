@@ -58,3 +58,25 @@ pub fn standard_topology(mesh: &mut Mesh) -> MeshSpec {
 pub fn s<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_default()
 }
+
+/// What `curl` from `pod` gets for `url`: the status and the agent's response flag, as
+/// "403 RBAC" ("200" when no flag was set).
+pub fn status_and_flags(mesh: &Mesh, pod: &str, url: &str) -> String {
+    let out = mesh
+        .run_in(
+            pod,
+            "curl",
+            &[
+                "-sS",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %header{x-mesh-response-flags}",
+                url,
+            ],
+        )
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

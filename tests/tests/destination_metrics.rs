@@ -424,25 +424,8 @@ fn a_tightened_policy_refuses_the_next_request_on_a_pooled_stream() {
             ..MeshSpec::default()
         };
         start_agents(&mut mesh, &open);
-        let answer = || {
-            let out = mesh
-                .run_in(
-                    "client",
-                    "curl",
-                    &[
-                        "-sS",
-                        "-m",
-                        "5",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code} %header{x-mesh-response-flags}",
-                        &format!("http://{vip}/"),
-                    ],
-                )
-                .expect("curl");
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let url = format!("http://{vip}/");
+        let answer = || status_and_flags(&mesh, "client", &url);
         assert_eq!(answer(), "200", "{protocol}: {}", mesh.agent_logs("node2"));
 
         let reloads = || {

@@ -39,14 +39,13 @@ use tokio::{
 };
 
 use super::{
+    detect::H2_PREFACE,
     flags::{FLAGS_HEADER, ResponseFlag, local_reply},
     inbound::{Delivery, allowed_now},
     matcher::is_grpc,
 };
 use crate::metrics::{http::RequestMeter, records::RequestTarget, series_cache::SeriesCache};
 
-/// What a client sends before its first frame.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const KIND_HEADERS: u8 = 0x1;
 const KIND_CONTINUATION: u8 = 0x9;
@@ -242,15 +241,15 @@ where
         W: AsyncWrite + Unpin,
     {
         let mut buf = BytesMut::with_capacity(READ_SIZE);
-        while buf.len() < PREFACE.len() {
+        while buf.len() < H2_PREFACE.len() {
             if !matches!(from.read_buf(&mut buf).await, Ok(n) if n > 0) {
                 return End::Closed;
             }
         }
-        if &buf[..PREFACE.len()] != PREFACE {
+        if &buf[..H2_PREFACE.len()] != H2_PREFACE {
             return End::NotHttp2;
         }
-        if to.write_all(&buf.split_to(PREFACE.len())).await.is_err() {
+        if to.write_all(&buf.split_to(H2_PREFACE.len())).await.is_err() {
             return End::Broken;
         }
         let mut decoder = Decoder::new();

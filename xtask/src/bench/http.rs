@@ -29,6 +29,8 @@
 //! agent_cpu_per_req: user + system CPU of both agents (their cgroups' `cpu.stat`, as in
 //! `bench mtls`) during the mesh saturation run, divided by the requests node1's L7 proxy
 //! received meanwhile (the `http.requests` delta: both cover the warm-up too). Goal: <= 200 µs.
+//! agent_cpu_vs_direct: the same CPU per request over the direct run's wall time per request
+//! (1 / its requests per second), a ratio that does not move with the machine's speed.
 //!
 //! Every test of every round runs direct and then mesh back to back, the agents freshly started
 //! for mesh, so both see the machine's momentary load; each number is the median of `ROUNDS`.
@@ -309,9 +311,18 @@ fn metrics() -> Vec<Metric> {
                 true,
                 Some(CPU_GOAL),
             ));
+            out.push(m(cpu_vs_direct(test.proto), "cpu-us", false, None));
         }
     }
     out
+}
+
+/// The agents' CPU per request measured against the same round's direct run: mesh is the
+/// agents' CPU µs per request, direct the wall µs per request of the direct saturation run
+/// (1 / its requests per second). Absolute CPU times move with the machine (a VM half as
+/// fast doubles them); this ratio does not, so `bench compare` gates on it.
+fn cpu_vs_direct(proto: Proto) -> String {
+    format!("{}_agent_cpu_vs_direct", proto.name())
 }
 
 /// Every sample of every (metric, scenario), one per round.
@@ -513,13 +524,20 @@ impl Bench {
         }
         if test.load == Load::Saturation {
             values.push((test.metric("requests"), run.requests as f64));
+            if scenario == Scenario::Direct && run.rps > 0.0 {
+                // The same run's yardstick for the agents' CPU: the wall time a request takes
+                // without them (see `cpu_vs_direct`).
+                values.push((cpu_vs_direct(test.proto), 1e6 / run.rps));
+            }
             if let (Some(b), Some(a), Some(cb), Some(ca)) = (before, after, cpu_before, cpu_after) {
                 let l7 = a.requests - b.requests;
                 values.push((test.metric("l7_requests"), l7 as f64));
+                let cpu_per_req = (ca - cb) * 1e6 / l7 as f64;
                 values.push((
                     format!("{}_agent_cpu_per_req", test.proto.name()),
-                    (ca - cb) * 1e6 / l7 as f64,
+                    cpu_per_req,
                 ));
+                values.push((cpu_vs_direct(test.proto), cpu_per_req));
             }
         }
         Ok(values)

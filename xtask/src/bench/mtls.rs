@@ -47,6 +47,9 @@
 //!   GB delivered. Read from each agent's cgroup (`cpu.stat` usage_usec; the agent is the only
 //!   process in `<node cgroup>/agent`): the same sum as utime + stime in /proc/<pid>/stat, in
 //!   microseconds instead of clock ticks.
+//! - agent_cpu_vs_direct: the same CPU per GB over the seconds a GB takes direct (8 / the
+//!   direct bulk Gbit/s) in the same round: a ratio that does not move with the machine's
+//!   speed, where the absolute CPU time does.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -218,13 +221,14 @@ const fn metric(
     }
 }
 
-const METRICS: [Metric; 17] = [
+const METRICS: [Metric; 18] = [
     metric("rr_1b_p50", "us", Baseline::Direct, Some(RR_GOAL)),
     metric("rr_1b_p99", "us", Baseline::Direct, Some(RR_GOAL)),
     metric("rr_1k_p50", "us", Baseline::Direct, Some(RR_GOAL)),
     metric("rr_1k_p99", "us", Baseline::Direct, Some(RR_GOAL)),
     metric("bulk", "Gbit/s", Baseline::Direct, Some(BULK_GOAL)),
     metric("agent_cpu_per_gb", "cpu-s/GB", Baseline::None, None),
+    metric("agent_cpu_vs_direct", "cpu-s/GB", Baseline::Direct, None),
     metric("conn_rate", "conn/s", Baseline::Direct, None),
     metric("conn_p50", "us", Baseline::Direct, None),
     metric("conn_p99", "us", Baseline::Direct, None),
@@ -478,10 +482,20 @@ impl Bench {
         )?;
         let cpu_after = self.agents_cpu_seconds(scenario)?;
         ensure!(v["bytes"] == v["sent"], "bulk to {addr} lost data: {v}");
-        let mut values = vec![("bulk", scenario, number(&v, "gbit_per_s")?)];
-        if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-            let gb = number(&v, "bytes")? / 1e9;
-            values.push(("agent_cpu_per_gb", scenario, (after - before) / gb));
+        let gbit_per_s = number(&v, "gbit_per_s")?;
+        let mut values = vec![("bulk", scenario, gbit_per_s)];
+        match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) => {
+                let gb = number(&v, "bytes")? / 1e9;
+                let cpu_per_gb = (after - before) / gb;
+                values.push(("agent_cpu_per_gb", scenario, cpu_per_gb));
+                values.push(("agent_cpu_vs_direct", scenario, cpu_per_gb));
+            }
+            // The yardstick of the agents' CPU per GB: the seconds a GB takes direct.
+            _ if gbit_per_s > 0.0 => {
+                values.push(("agent_cpu_vs_direct", scenario, 8.0 / gbit_per_s))
+            }
+            _ => {}
         }
         Ok(values)
     }

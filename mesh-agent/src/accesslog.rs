@@ -12,7 +12,10 @@ mod writer;
 
 use std::net::SocketAddr;
 
-pub use writer::{AccessLog, DEFAULT_BUFFER};
+/// Records waiting for the writer by default; the `telemetry:` section's default of
+/// `access_log_buffer`, defined there because the configuration does not depend on this module.
+pub use crate::config::telemetry::DEFAULT_ACCESS_LOG_BUFFER as DEFAULT_BUFFER;
+pub use writer::AccessLog;
 
 use crate::metrics::records::{ConnectionRecord, RequestRecord};
 

@@ -214,3 +214,29 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommend
         .with_context(|| format!("cannot watch {}", dir.display()))?;
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+
+    #[test]
+    fn a_changed_kubernetes_section_needs_a_restart() {
+        // One directory for every version, so that only the section differs.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parse = |section: &str| {
+            let node = format!("node:\n  name: node1\n  cgroup: {}\n", dir.path().display());
+            parse_str(&format!("{node}{section}"), "test.yaml").expect("valid")
+        };
+        let on = parse("kubernetes:\n  root_namespace: a\n");
+        let other = parse("kubernetes:\n  root_namespace: b\n");
+        let off = parse("");
+        assert!(super::refuse_restart_only_changes(&on, &on).is_ok());
+        for (old, new) in [(&on, &other), (&on, &off), (&off, &on)] {
+            let err = super::refuse_restart_only_changes(old, new).expect_err("refused");
+            assert_eq!(
+                err.to_string(),
+                "the `kubernetes` section changed; restart the agent to apply it"
+            );
+        }
+    }
+}

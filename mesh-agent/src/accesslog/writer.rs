@@ -21,10 +21,6 @@ use anyhow::{Context, Result};
 
 use crate::metrics::records::{ConnectionRecord, RequestRecord};
 
-/// Records waiting for the writer by default: several seconds of a busy node's requests, a
-/// few MiB of memory at most.
-pub const DEFAULT_BUFFER: usize = 8192;
-
 /// How long a line waits at most before it is written (Envoy buffers its access log for up
 /// to 1 s by default).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);

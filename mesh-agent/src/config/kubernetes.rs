@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::{Checker, ConfigError, PathChecks, Text, label_key, quote};
+use super::authorization::RawPolicy;
+use super::load::{Checker, ConfigError, PathChecks};
+use super::raw::Text;
+use super::scalars::{label_key, quote};
 
 /// The label that enrols a namespace (value `enabled`) and opts a pod out (`disabled`).
 pub const DEFAULT_ENROLLMENT_LABEL: &str = "mesh.example.io/mode";
@@ -73,7 +76,7 @@ pub fn check_api_policy(
     policy: &serde_json::Value,
     origin: &str,
 ) -> Result<super::AuthorizationPolicy, ConfigError> {
-    let raw: super::RawPolicy = from_json(policy, origin)?;
+    let raw: RawPolicy = from_json(policy, origin)?;
     let checker = Checker::new(origin, PathChecks::Skipped);
     let policies = checker.policies(vec![raw]);
     let mut policies = checker
@@ -409,22 +412,6 @@ mod tests {
             21,
             "invalid enrollment_label `bad label`",
         );
-    }
-
-    #[test]
-    fn a_changed_section_needs_a_restart() {
-        let dir = fixture();
-        let on = parse(&dir, "kubernetes:\n  root_namespace: a\n").expect("valid");
-        let other = parse(&dir, "kubernetes:\n  root_namespace: b\n").expect("valid");
-        let off = parse(&dir, "").expect("valid");
-        assert!(crate::reload::refuse_restart_only_changes(&on, &on).is_ok());
-        for (old, new) in [(&on, &other), (&on, &off), (&off, &on)] {
-            let err = crate::reload::refuse_restart_only_changes(old, new).expect_err("refused");
-            assert_eq!(
-                err.to_string(),
-                "the `kubernetes` section changed; restart the agent to apply it"
-            );
-        }
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Checker, ConfigError, NodeConfig, Text, quote};
+use super::NodeConfig;
+use super::load::{Checker, ConfigError};
+use super::raw::Text;
+use super::scalars::quote;
 
 /// Istio's defaults: metrics on 15020, readiness on 15021, on every address of the node so
 /// that Prometheus and the kubelet reach them.
@@ -16,6 +19,9 @@ pub const DEFAULT_READINESS_ADDRESS: SocketAddr =
 /// Istio's default cluster ID, which its dashboards and Kiali expect when nothing else is set.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Records waiting for the access-log writer by default: several seconds of a busy node's
+/// requests, a few MiB of memory at most.
+pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 8192;
 /// A million records: far more than a node's log writer falls behind by in a burst.
 const MAX_ACCESS_LOG_BUFFER: u64 = 1 << 20;
 
@@ -53,7 +59,7 @@ impl Default for TelemetrySettings {
             readiness_address: DEFAULT_READINESS_ADDRESS,
             istio_metrics: true,
             access_log: AccessLogMode::Connections,
-            access_log_buffer: crate::accesslog::DEFAULT_BUFFER,
+            access_log_buffer: DEFAULT_ACCESS_LOG_BUFFER,
             destination_requests: true,
             cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),

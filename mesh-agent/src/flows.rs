@@ -12,7 +12,7 @@ use mesh_common::{CONN_ACTIVE, CONN_FAST_PATH, CONN_REDIRECTED, ConnEvent, ConnS
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::{ebpf::bytes_to_ip, runtime::Shared};
+use crate::ebpf::bytes_to_ip;
 
 /// How many closed connections are kept for inspection.
 const CLOSED_KEPT: usize = 16_384;
@@ -219,22 +219,31 @@ impl OpenTracker {
     }
 }
 
+/// What the open-connection poller reads: the kernel's live connections, the names of the
+/// workloads they belong to, and the stream it publishes to.
+pub trait OpenFlows: Send + Sync + 'static {
+    fn flow_events(&self) -> &FlowEvents;
+    fn live_connections(&self) -> Vec<(mesh_common::SockKey, mesh_common::ConnStats)>;
+    fn workload_name(&self, cgroup_id: u64) -> Option<String>;
+}
+
 /// Publishes "open" for connections that appear in the kernel's live-connection map, every
 /// [`OPEN_POLL_INTERVAL`], but only while at least one client follows /flows/stream, so an idle
 /// agent does no work. Connections that open and close between two polls only get "close".
-pub fn spawn_open_poller(shared: Arc<Shared>) {
+pub fn spawn_open_poller(source: Arc<dyn OpenFlows>) {
     tokio::spawn(async move {
         let mut tracker = OpenTracker::default();
         let mut tick = tokio::time::interval(OPEN_POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if shared.flow_events.subscribers() == 0 {
+            let flow_events = source.flow_events();
+            if flow_events.subscribers() == 0 {
                 tracker.clear();
                 continue;
             }
             // A map walk is a few syscalls per live connection: cheap enough to do inline.
-            let live = shared.maps.live_connections();
+            let live = source.live_connections();
             let fresh: HashSet<u64> = tracker
                 .new_cookies(live.iter().map(|(_, s)| &s.cookie))
                 .into_iter()
@@ -243,11 +252,11 @@ pub fn spawn_open_poller(shared: Arc<Shared>) {
                 .iter()
                 .filter(|(_, s)| fresh.contains(&s.cookie))
                 .map(|(k, s)| {
-                    let workload = shared.workload_name(s.cgroup_id);
+                    let workload = source.workload_name(s.cgroup_id);
                     FlowEvent::now("open", FlowRecord::from_kernel(k, s, None, workload))
                 });
             for event in events {
-                shared.flow_events.publish(event);
+                flow_events.publish(event);
             }
         }
     });

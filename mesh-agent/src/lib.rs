@@ -21,6 +21,7 @@ pub mod planted;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod status;

@@ -10,7 +10,7 @@
 use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,9 +19,24 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::{self, Config},
-    runtime::Shared,
     state::State,
 };
+
+/// What the config sources (the file watcher here, the Kubernetes source) need of the running
+/// agent. The wiring at the top (`runtime`) provides it; a source never sees the rest.
+pub trait Agent: Send + Sync + 'static {
+    /// The model running now.
+    fn state(&self) -> Arc<State>;
+    /// Makes `config` the running model, all of it or nothing (the running model stays on
+    /// error); a one-line summary for the log.
+    fn apply(&self, config: Config) -> Result<String>;
+    /// A new content of the config file: applied as is, or with the Kubernetes source on,
+    /// kept as the base the cluster's objects are merged into.
+    fn apply_file(&self, config: Config) -> Result<String>;
+    /// Counts an applied or a rejected change (/status, mesh_agent_config_reloads_total).
+    fn reload_succeeded(&self);
+    fn reload_failed(&self, message: String);
+}
 
 /// The link the kubelet swaps to update every file of a mounted ConfigMap at once.
 const KUBELET_DATA_LINK: &str = "..data";
@@ -30,104 +45,23 @@ const KUBELET_DATA_LINK: &str = "..data";
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Reloads `path`; on failure the running config stays and the error is recorded.
-pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<()> {
-    match try_reload(shared, path) {
+pub fn reload(agent: &dyn Agent, path: &Path) -> Result<()> {
+    match config::load_file(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| agent.apply_file(config))
+    {
         Ok(summary) => {
-            shared.config_reloads.succeeded();
+            agent.reload_succeeded();
             tracing::info!(file = %path.display(), %summary, "config reloaded");
             Ok(())
         }
         Err(e) => {
             let message = format!("{e:#}");
             tracing::error!(file = %path.display(), error = %message, "config rejected; the running config stays");
-            shared.config_reloads.failed(message);
+            agent.reload_failed(message);
             Err(e)
         }
     }
-}
-
-fn try_reload(shared: &Arc<Shared>, path: &Path) -> Result<String> {
-    let config = config::load_file(path)?;
-    // With the Kubernetes source on, the file is the base the cluster's objects are merged
-    // into: refuse node-level changes now, then apply file + cluster.
-    if let Some(kube) = shared.kube.get() {
-        refuse_restart_only_changes(&shared.state().config, &config)?;
-        return kube.set_file(shared, config);
-    }
-    apply(shared, config)
-}
-
-/// Serialises model changes: a file reload and an update from another source never
-/// interleave their build, swap and kernel sync.
-static APPLY_LOCK: Mutex<()> = Mutex::new(());
-
-/// Makes `config` the running model: refuses node-level changes, builds the complete model
-/// (cgroups, certificates, listeners in new pods' namespaces), swaps it in and syncs the
-/// kernel maps by diff. On error nothing has changed. Every source goes through here.
-/// Returns a one-line summary for the log.
-pub fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
-    let _serialised = APPLY_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let current = shared.state();
-    refuse_restart_only_changes(&current.config, &config)?;
-    let authorization_changed = current.config.authorization != config.authorization;
-    let state = State::build(config, Some(&current))?;
-    if let Some(w) = state
-        .workloads
-        .iter()
-        .find(|w| w.cgroup_id == shared.agent_cgroup_id)
-    {
-        bail!(
-            "workload {}/{} is in the agent's own cgroup",
-            w.namespace,
-            w.name
-        );
-    }
-    let ids = state.local_identities();
-    shared
-        .identity
-        .ensure(&ids)
-        .context("cannot issue certificates for the new workloads")?;
-    shared.tunnels.prepare(&ids)?;
-    let opened = crate::runtime::open_missing_listeners(shared, &state)?;
-    let summary = format!(
-        "{} workloads, {} services, {} policies, {} new outbound listeners",
-        state.workloads.len(),
-        state.config.services.len(),
-        state.config.authorization.len(),
-        opened
-    );
-    let telemetry = state.config.telemetry.clone();
-    // The model first, then the kernel: a connection the kernel newly redirects must find
-    // its destination in the model.
-    let state = Arc::new(state);
-    let dropped = shared.replace_state_arc(state.clone());
-    // Listeners of namespaces that left leave the list before the sync, so the kernel stops
-    // redirecting to them before their sockets close.
-    let closing = shared.take_unwanted_listeners(&state)?;
-    let synced = shared
-        .maps
-        .sync(&state, &shared.listener_cookies())
-        .context("cannot write the new model into the kernel maps");
-    // The model no longer wants them, whether or not the sync went through.
-    for task in &closing {
-        task.abort();
-    }
-    synced?;
-    if authorization_changed {
-        let dropped = shared.upstreams.clear();
-        tracing::debug!(
-            dropped,
-            "authorization changed: pooled upstream connections dropped"
-        );
-    }
-    shared.telemetry.apply(&telemetry);
-    shared.identity.retain(&ids);
-    Ok(format!(
-        "{summary}, {} outbound listeners closed, {dropped} metric label sets dropped",
-        closing.len()
-    ))
 }
 
 /// What cannot change while running: the node's own settings, identity and listening
@@ -156,7 +90,7 @@ pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<()> {
 }
 
 /// Reloads on SIGHUP and whenever the file (or the directory entry pointing to it) changes.
-pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> Result<()> {
+pub fn spawn(agent: Arc<dyn Agent>, path: PathBuf) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watcher = watch(&path, tx.clone())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -173,9 +107,9 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> Result<()> {
         while rx.recv().await.is_some() {
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
-            let shared = shared.clone();
+            let agent = agent.clone();
             let path = path.clone();
-            let _ = tokio::task::spawn_blocking(move || reload(&shared, &path)).await;
+            let _ = tokio::task::spawn_blocking(move || reload(agent.as_ref(), &path)).await;
         }
     });
     Ok(())

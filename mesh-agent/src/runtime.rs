@@ -27,6 +27,9 @@ use crate::{
     state::State,
 };
 
+mod apply;
+pub use apply::RunningAgent;
+
 /// How many accepted tunnel sessions /tunnels remembers.
 const RECENT_INBOUND_SESSIONS: usize = 256;
 
@@ -46,6 +49,31 @@ pub struct ProxyStats {
     pub failed: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+}
+
+/// A connection the kernel saw close: into the closed-flow table, the live flow stream and
+/// the TCP metrics.
+fn connection_closed(shared: &Shared, event: &mesh_common::ConnEvent) {
+    let workload = shared.workload_name(event.stats.cgroup_id);
+    shared
+        .flow_events
+        .publish_closed(event, workload.as_deref());
+    shared.closed.push(event, workload);
+    crate::metrics::connection_closed(shared, event);
+}
+
+impl crate::flows::OpenFlows for Shared {
+    fn flow_events(&self) -> &crate::flows::FlowEvents {
+        &self.flow_events
+    }
+
+    fn live_connections(&self) -> Vec<(mesh_common::SockKey, mesh_common::ConnStats)> {
+        self.maps.live_connections()
+    }
+
+    fn workload_name(&self, cgroup_id: u64) -> Option<String> {
+        Shared::workload_name(self, cgroup_id)
+    }
 }
 
 /// What every task of the running agent shares.
@@ -375,7 +403,7 @@ pub async fn run(
         .iter()
         .map(|(_, info)| (info.netns_cookie, node.outbound_port))
         .collect();
-    maps.sync(&state, &cookies)
+    maps.sync(state.kernel_maps(), &cookies)
         .context("cannot write the model into the kernel maps")?;
     let events = maps.take_events();
     let shared = Arc::new(Shared {
@@ -409,7 +437,8 @@ pub async fn run(
     identity.spawn_rotation();
     proxy::inbound::spawn_listener(tunnel_listener, tunnel_tls, shared.clone())?;
     if let Some(ring) = events {
-        ebpf::spawn_event_reader(ring, shared.clone())?;
+        let shared = shared.clone();
+        ebpf::spawn_event_reader(ring, move |event| connection_closed(&shared, event))?;
     }
     crate::flows::spawn_open_poller(shared.clone());
     for (listener, info) in listeners {
@@ -426,13 +455,14 @@ pub async fn run(
     // The cluster's objects join the file's once every watcher has listed; readiness waits.
     let file_config = shared.state().config.clone();
     if let Some(settings) = &file_config.kubernetes {
-        let kube = crate::k8s::apply::spawn(&shared, settings, file_config.clone())
+        let agent: Arc<dyn crate::reload::Agent> = Arc::new(RunningAgent(shared.clone()));
+        let kube = crate::k8s::apply::spawn(agent, settings, file_config.clone())
             .await
             .context("cannot start the Kubernetes source")?;
         let _ = shared.kube.set(kube);
     }
     if let Some(path) = config_path {
-        crate::reload::spawn(shared.clone(), path)?;
+        crate::reload::spawn(Arc::new(RunningAgent(shared.clone())), path)?;
     }
     shared
         .ready

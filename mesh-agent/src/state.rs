@@ -19,9 +19,15 @@ use crate::{
     cgroup,
     config::{Config, EgressRule, IngressRule, NodeConfig, PeerAuthMode, PortProtocol},
     identity::SpiffeId,
-    l7::{BackendKey, backend::Backend, matcher::RouteTable},
-    metrics::peers::PeerIndex,
+    routing::{BackendKey, backend::Backend, matcher::RouteTable},
 };
+// Where endpoints are and how they are reached belongs to routing; the model's users name it
+// from here too.
+pub use crate::routing::{Upstream, Via};
+
+mod kernel;
+pub mod peers;
+use peers::PeerIndex;
 
 #[derive(Debug, Serialize)]
 pub struct WorkloadState {
@@ -48,24 +54,6 @@ pub(crate) fn display<T: std::fmt::Display, S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
-}
-
-/// How the agent reaches an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    /// The endpoint runs on this node: the in-process inbound path (authorization, then a
-    /// local connection), no tunnel.
-    Local,
-    /// The endpoint runs on another node: the mTLS tunnel to that node's agent.
-    Tunnel { node: String, tunnel: SocketAddr },
-    /// The endpoint is outside the mesh: plain TCP.
-    Direct,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub via: Via,
 }
 
 /// What a meshed (address, port) means.

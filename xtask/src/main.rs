@@ -4,6 +4,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod layers;
 mod setup;
 mod tasks;
 
@@ -44,6 +45,9 @@ enum Command {
     /// rustfmt, a 60 s fuzz run and the bench guard's self-check (bench compare must flag a
     /// planted slowdown); fails if any of them fails.
     Test,
+    /// Check that mesh-agent's imports only point down its layers and form no circle (see
+    /// ARCHITECTURE.md); lists every upward import and circle with its file and line.
+    Layers,
     /// Run the L7 request-path fuzz target (cargo-fuzz) for a while.
     Fuzz {
         /// How long to fuzz.
@@ -103,6 +107,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { agent_only: false } => tasks::build(&workspace).map(drop),
         Command::Build { agent_only: true } => tasks::build_agent(&workspace).map(drop),
         Command::Test => tasks::test(&workspace),
+        Command::Layers => layers::run(&workspace),
         Command::Fuzz { seconds } => fuzz::run(&workspace, seconds),
         Command::Demo => {
             tasks::build(&workspace)?;

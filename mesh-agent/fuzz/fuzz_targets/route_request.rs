@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    mesh_agent::l7::matcher::fuzz_one(data);
+    mesh_agent::l7::fuzzing::fuzz_one(data);
 });

@@ -1,15 +1,16 @@
-//! Drains connection-close events from the ring buffer into the closed-flow table.
-
-use std::sync::Arc;
+//! Drains connection-close events from the ring buffer and hands each to `on_close` (the agent
+//! wires it to the closed-flow table, the live flow stream and the TCP metrics: the kernel
+//! side knows nothing of them).
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use mesh_common::ConnEvent;
 use tokio::io::unix::AsyncFd;
 
-use crate::{flows::ClosedFlows, runtime::Shared};
-
-pub fn spawn_event_reader(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<()> {
+pub fn spawn_event_reader(
+    ring: RingBuf<MapData>,
+    on_close: impl Fn(&ConnEvent) + Send + 'static,
+) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged for as long as
     // it lives, and it lives inside the AsyncFd.
     let mut fd = unsafe { AsyncFd::register(ring) }
@@ -29,19 +30,10 @@ pub fn spawn_event_reader(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result
                 // copes with the ring's 8-byte alignment.
                 let event: ConnEvent =
                     unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
-                record(&shared.closed, &shared, &event);
+                on_close(&event);
             }
             guard.clear_ready();
         }
     });
     Ok(())
-}
-
-fn record(closed: &ClosedFlows, shared: &Shared, event: &ConnEvent) {
-    let workload = shared.workload_name(event.stats.cgroup_id);
-    shared
-        .flow_events
-        .publish_closed(event, workload.as_deref());
-    closed.push(event, workload);
-    crate::metrics::connection_closed(shared, event);
 }

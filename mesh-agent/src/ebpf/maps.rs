@@ -24,7 +24,90 @@ use mesh_common::{
 };
 
 use super::addr::ip_to_bytes;
-use crate::{config::PeerAuthMode, state::State};
+
+/// What the maps that the model decides hold: services, workloads and their L4 policies.
+/// The model fills it (`state::kernel_maps`); the kernel side only knows these entries.
+#[derive(Debug, Default)]
+pub struct MapContents {
+    services: StdHashMap<ServiceKey, ServiceValue>,
+    workloads: StdHashMap<u64, WorkloadValue>,
+    egress: StdHashMap<(PolicyKey, u32), u32>,
+    ingress: StdHashMap<(PolicyKey, u32), u32>,
+}
+
+/// A workload's kernel-enforced settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkloadFlags {
+    /// Egress is limited to its rules (connects elsewhere get EPERM).
+    pub egress_policy: bool,
+    /// Ingress is limited to its rules (other connections are dropped).
+    pub ingress_policy: bool,
+    /// Only mTLS traffic through the agent may reach it.
+    pub strict: bool,
+}
+
+/// Which direction an L4 rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Egress,
+    Ingress,
+}
+
+impl MapContents {
+    /// A meshed service address (a VIP:port or an endpoint) and the service it belongs to.
+    pub fn service(&mut self, addr: SocketAddr, service_id: u32) {
+        let key = ServiceKey {
+            ip: ip_to_bytes(addr.ip()),
+            port: addr.port(),
+            _pad: 0,
+        };
+        self.services.insert(
+            key,
+            ServiceValue {
+                service_id,
+                flags: 0,
+            },
+        );
+    }
+
+    /// A workload, by the cgroup its processes run in.
+    pub fn workload(&mut self, cgroup_id: u64, workload_id: u32, flags: WorkloadFlags) {
+        let mut bits = 0;
+        if flags.egress_policy {
+            bits |= WORKLOAD_EGRESS_POLICY;
+        }
+        if flags.ingress_policy {
+            bits |= WORKLOAD_INGRESS_POLICY;
+        }
+        if flags.strict {
+            bits |= WORKLOAD_STRICT;
+        }
+        self.workloads.insert(
+            cgroup_id,
+            WorkloadValue {
+                workload_id,
+                flags: bits,
+            },
+        );
+    }
+
+    /// Rule number `rule` of a workload's egress or ingress policy: `net` on `ports` (all
+    /// ports when empty).
+    pub fn rule(
+        &mut self,
+        direction: Direction,
+        cgroup_id: u64,
+        ports: &[u16],
+        net: IpNet,
+        rule: u32,
+    ) {
+        let out = match direction {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
+        };
+        add_rule(out, cgroup_id, ports, net, rule);
+    }
+}
 
 pub struct SharedMaps {
     services: Mutex<HashMap<MapData, ServiceKey, ServiceValue>>,
@@ -86,51 +169,15 @@ impl SharedMaps {
         self.events.lock().ok()?.take()
     }
 
-    /// Writes the model (services, workloads, policies) and the agent's listeners into the maps.
-    pub fn sync(&self, state: &State, listeners: &[(u64, u16)]) -> Result<()> {
-        let mut services = StdHashMap::new();
-        for (addr, dest) in &state.destinations {
-            let key = ServiceKey {
-                ip: ip_to_bytes(addr.ip()),
-                port: addr.port(),
-                _pad: 0,
-            };
-            services.insert(
-                key,
-                ServiceValue {
-                    service_id: dest.service_id,
-                    flags: 0,
-                },
-            );
-        }
-        let mut workloads = StdHashMap::new();
-        let mut egress = StdHashMap::new();
-        let mut ingress = StdHashMap::new();
-        for w in &state.workloads {
-            let mut flags = 0;
-            if let Some(rules) = &w.egress {
-                flags |= WORKLOAD_EGRESS_POLICY;
-                for (i, r) in rules.iter().enumerate() {
-                    add_rule(&mut egress, w.cgroup_id, &r.ports, r.to, i as u32);
-                }
-            }
-            if let Some(rules) = &w.ingress {
-                flags |= WORKLOAD_INGRESS_POLICY;
-                for (i, r) in rules.iter().enumerate() {
-                    add_rule(&mut ingress, w.cgroup_id, &r.ports, r.from, i as u32);
-                }
-            }
-            if w.mode == PeerAuthMode::Strict {
-                flags |= WORKLOAD_STRICT;
-            }
-            workloads.insert(
-                w.cgroup_id,
-                WorkloadValue {
-                    workload_id: w.id,
-                    flags,
-                },
-            );
-        }
+    /// Writes what the model asks for (`contents`) and the agent's listeners into the maps,
+    /// removing every entry that is no longer asked for.
+    pub fn sync(&self, contents: MapContents, listeners: &[(u64, u16)]) -> Result<()> {
+        let MapContents {
+            services,
+            workloads,
+            egress,
+            ingress,
+        } = contents;
         let listeners: StdHashMap<u64, u32> =
             listeners.iter().map(|(c, p)| (*c, u32::from(*p))).collect();
         // Order matters for a consistent kernel view: policy before the workloads that point to

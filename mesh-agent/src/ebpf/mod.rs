@@ -12,6 +12,6 @@ pub use addr::{bytes_to_ip, ip_to_bytes};
 pub use events::spawn_event_reader;
 pub use level::cgroup_level;
 pub use load::{DataPath, remove_pins};
-pub use maps::SharedMaps;
+pub use maps::{Direction, MapContents, SharedMaps, WorkloadFlags};
 pub use probe::require_root;
 pub use stats::{ProgramRuns, ProgramStats};

@@ -1,5 +1,6 @@
 //! The running agent's side of the Kubernetes source: builds the API client, starts the
-//! watchers and applies file + cluster through `reload::apply` whenever either changes.
+//! watchers and applies file + cluster through the agent handle (`reload::Agent::apply`)
+//! whenever either changes.
 
 use std::{
     collections::HashSet,
@@ -13,7 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{ClusterModel, KubernetesConfig, RejectedObject, SourceHandle, SourceStats, merge};
-use crate::{config::Config, runtime::Shared};
+use crate::{config::Config, reload::Agent};
 
 /// A failed apply (e.g. a pod cgroup that vanished meanwhile) is tried again after this.
 const RETRY: Duration = Duration::from_secs(1);
@@ -51,7 +52,7 @@ impl KubeRuntime {
     /// when a cluster model is there; otherwise with the first one.
     /// A file that cannot be applied (a node-level change, say) is not kept: the cluster
     /// updates that follow go on being merged into the file config that runs.
-    pub fn set_file(&self, shared: &Arc<Shared>, file: Config) -> Result<String> {
+    pub fn set_file(&self, agent: &dyn Agent, file: Config) -> Result<String> {
         if lock(&self.model).is_none() {
             // Nothing to merge with yet: at least refuse what a restart would need now.
             crate::reload::refuse_restart_only_changes(&lock(&self.file), &file)?;
@@ -59,7 +60,7 @@ impl KubeRuntime {
             return Ok("kept; applied with the first cluster sync".to_owned());
         }
         let previous = std::mem::replace(&mut *lock(&self.file), file);
-        match self.apply_latest(shared) {
+        match self.apply_latest(agent) {
             Ok(summary) => Ok(summary.unwrap_or_default()),
             Err(e) => {
                 *lock(&self.file) = previous;
@@ -70,14 +71,14 @@ impl KubeRuntime {
 
     /// Merges the file config with the latest cluster model and applies it; `None` before the
     /// first cluster model.
-    fn apply_latest(&self, shared: &Arc<Shared>) -> Result<Option<String>> {
+    fn apply_latest(&self, agent: &dyn Agent) -> Result<Option<String>> {
         let _serial = lock(&self.serial);
         let Some(model) = lock(&self.model).clone() else {
             return Ok(None);
         };
         let file = lock(&self.file).clone();
         let (config, rejected) = merge(&file, &model);
-        let summary = crate::reload::apply(shared, config)?;
+        let summary = agent.apply(config)?;
         {
             let mut logged = lock(&self.logged);
             for r in &rejected {
@@ -125,9 +126,9 @@ pub async fn client(settings: &KubernetesConfig) -> Result<kube::Client> {
     kube::Client::try_from(config).context("cannot build the Kubernetes API client")
 }
 
-/// Starts the source and the applier task; the returned runtime goes into `Shared`.
+/// Starts the source and the applier task; the returned runtime goes into the agent's wiring.
 pub async fn spawn(
-    shared: &Arc<Shared>,
+    agent: Arc<dyn Agent>,
     settings: &KubernetesConfig,
     file: Config,
 ) -> Result<Arc<KubeRuntime>> {
@@ -142,13 +143,13 @@ pub async fn spawn(
         serial: Mutex::new(()),
         logged: Mutex::new(HashSet::new()),
     });
-    tokio::spawn(applier(shared.clone(), runtime.clone(), handle));
+    tokio::spawn(applier(agent, runtime.clone(), handle));
     tracing::info!(node = %settings.node_name, "Kubernetes source started");
     Ok(runtime)
 }
 
 /// Applies every new cluster model; a failure is recorded and retried after [`RETRY`].
-async fn applier(shared: Arc<Shared>, runtime: Arc<KubeRuntime>, mut handle: SourceHandle) {
+async fn applier(agent: Arc<dyn Agent>, runtime: Arc<KubeRuntime>, mut handle: SourceHandle) {
     let mut failing = false;
     loop {
         if failing {
@@ -163,12 +164,12 @@ async fn applier(shared: Arc<Shared>, runtime: Arc<KubeRuntime>, mut handle: Sou
             continue;
         };
         *lock(&runtime.model) = Some(model);
-        let (s, r) = (shared.clone(), runtime.clone());
-        let result = tokio::task::spawn_blocking(move || r.apply_latest(&s)).await;
+        let (a, r) = (agent.clone(), runtime.clone());
+        let result = tokio::task::spawn_blocking(move || r.apply_latest(a.as_ref())).await;
         match result {
             Ok(Ok(summary)) => {
                 failing = false;
-                shared.config_reloads.succeeded();
+                agent.reload_succeeded();
                 tracing::info!(
                     summary = summary.unwrap_or_default(),
                     "cluster model applied"
@@ -180,13 +181,11 @@ async fn applier(shared: Arc<Shared>, runtime: Arc<KubeRuntime>, mut handle: Sou
                 handle.refresh();
                 let message = format!("{e:#}");
                 tracing::error!(error = %message, "cluster model not applied; retrying in 1 s");
-                shared.config_reloads.failed(message);
+                agent.reload_failed(message);
             }
             Err(e) => {
                 failing = true;
-                shared
-                    .config_reloads
-                    .failed(format!("the apply task failed: {e}"));
+                agent.reload_failed(format!("the apply task failed: {e}"));
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! [`start`] runs one watcher per kind and publishes a [`ClusterModel`] after every change
 //! (coalesced for 100 ms); [`merge`] adds it to the file's config, which then goes through
-//! `reload::apply` like a file reload.
+//! the agent handle (`reload::Agent`) like a file reload.
 
 use std::{
     collections::{HashMap, HashSet},

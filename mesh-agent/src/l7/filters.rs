@@ -9,8 +9,8 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, Version};
 
 use crate::config::{HeaderModifier, HttpFilter, PathModifier, RequestRedirect, UrlRewrite};
-use crate::l7::matcher::CompiledRule;
-use crate::l7::matcher::hostname::{request_authority, split_host_port};
+use crate::routing::hostname::{request_authority, split_host_port};
+use crate::routing::matcher::CompiledRule;
 
 /// Applies RequestHeaderModifier then URLRewrite (in filter order) to a request about to go
 /// to a backend. `matched_prefix` comes from `RouteMatch`.

@@ -10,16 +10,14 @@
 //! Ports that are not declared (protocol detection) or declared `tcp` are relayed as bytes, so
 //! requests to them are reported by the source agent only.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::net::SocketAddr;
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 
+pub use super::delivery::Delivery;
 use super::{
     detect::{self, Detected},
     inbound_h1, inbound_h2,
@@ -27,10 +25,6 @@ use super::{
 };
 use crate::{
     config::{Config, PortProtocol, Protocol},
-    identity::SpiffeId,
-    metrics::labels::Peer,
-    policy::authz,
-    runtime::Shared,
     state::canonical_ip,
 };
 
@@ -73,21 +67,6 @@ pub fn served_as(config: &Config, target: SocketAddr) -> Option<Served> {
     }
 }
 
-/// One tunnel stream to a local workload, as the inbound path authorized it.
-pub struct Delivery {
-    pub shared: Arc<Shared>,
-    /// The client workload, as the labels name it (from the baggage or the certificate).
-    pub source: Arc<Peer>,
-    /// The tunnel peer's identity: further connections to the workload are authorized as it.
-    pub identity: SpiffeId,
-    /// The client's address, for the workload's address-based ingress rules.
-    pub origin: IpAddr,
-    /// The workload address:port.
-    pub target: SocketAddr,
-    /// The tunnel peer, for the access log.
-    pub client: SocketAddr,
-}
-
 /// Serves the requests of one tunnel stream until it ends. `first` is the connection to the
 /// workload the inbound path made for the stream.
 pub async fn serve<T>(mut tunnel: T, first: TcpStream, delivery: Delivery, served: Served)
@@ -117,30 +96,6 @@ where
             }
         }
     }
-}
-
-/// Whether the tunnel peer may still reach the workload port under the running policies.
-pub(super) fn allowed_now(d: &Delivery) -> bool {
-    let state = d.shared.state();
-    let Some(workload) = state.workload_by_ip(d.target.ip()) else {
-        return false;
-    };
-    let decision = authz::evaluate(
-        &state.config.authorization,
-        workload,
-        &authz::Request {
-            peer: &d.identity,
-            port: d.target.port(),
-        },
-    );
-    if !decision.allowed() {
-        d.shared
-            .inbound_stats
-            .authz_denied
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(peer = %d.identity, target = %d.target, ?decision, "request denied on a pooled stream");
-    }
-    decision.allowed()
 }
 
 #[cfg(test)]

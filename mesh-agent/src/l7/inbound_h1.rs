@@ -24,9 +24,9 @@ use tokio::{
 };
 
 use super::{
+    delivery::Delivery,
     flags::{FLAGS_HEADER, ResponseFlag},
     framing::{self, ChunkedScanner, Framing, FramingError, HeadFacts},
-    inbound::Delivery,
 };
 use crate::metrics::{http::RequestMeter, records::RequestTarget, series_cache::SeriesCache};
 
@@ -485,7 +485,7 @@ where
         }
         // The stream was authorized when it opened, but the source agent pools it for many
         // client connections: each request is judged by the policies in force now.
-        if !super::inbound::allowed_now(&self.delivery) {
+        if !super::delivery::allowed_now(&self.delivery) {
             let flag = ResponseFlag::RbacDenied;
             return self.reply(meter, body, flag, flag.status()).await;
         }

@@ -39,12 +39,12 @@ use tokio::{
 };
 
 use super::{
+    delivery::{Delivery, allowed_now},
     detect::H2_PREFACE,
     flags::{FLAGS_HEADER, ResponseFlag, local_reply},
-    inbound::{Delivery, allowed_now},
-    matcher::is_grpc,
 };
 use crate::metrics::{http::RequestMeter, records::RequestTarget, series_cache::SeriesCache};
+use crate::routing::matcher::is_grpc;
 
 const FRAME_HEADER: usize = 9;
 const KIND_HEADERS: u8 = 0x1;

@@ -24,22 +24,26 @@ use hyper_util::{
 use tokio::net::TcpStream;
 
 use super::{
-    BackendKey,
-    backend::{Backend, Outcome, Pick},
     body::{ClientBody, Counted, Prepared, ReqBody, RespBody, boxed, empty},
-    budget, filters,
+    filters,
     flags::{self, ResponseFlag, local_reply},
     headers,
-    matcher::{CompiledRule, RequestHead, is_grpc},
     stats::HttpStats,
     upstream::{SendError, Source},
 };
 use crate::{
     config::RequestMirror,
     identity::SpiffeId,
-    metrics::{http::RequestMeter, labels::Peer, series_cache::SeriesCache},
+    metrics::{http::RequestMeter, series_cache::SeriesCache},
+    routing::{
+        BackendKey,
+        backend::{Backend, Outcome, Pick},
+        budget,
+        matcher::{CompiledRule, RequestHead, is_grpc},
+    },
     runtime::Shared,
     state::State,
+    state::peers::Peer,
 };
 
 /// hyper refuses HTTP/1 read buffers below 8 KiB; smaller `max_header_bytes` still caps the

@@ -33,12 +33,12 @@ use tokio::{
 use super::body::ReqBody;
 use crate::{
     identity::SpiffeId,
-    metrics::peers::Baggage,
     proxy::{
         inbound,
         tunnel::{CONNECTION_WINDOW, ConnectRefused, STREAM_WINDOW},
     },
     runtime::Shared,
+    state::peers::Baggage,
     state::{Upstream, Via},
 };
 
@@ -127,7 +127,7 @@ pub struct Source<'a> {
     /// The client's address, for the destination's address-based ingress rules.
     pub origin: IpAddr,
     /// The client workload, for the destination's metrics.
-    pub peer: &'a crate::metrics::labels::Peer,
+    pub peer: &'a crate::state::peers::Peer,
 }
 
 impl UpstreamPool {

@@ -29,7 +29,8 @@ use super::{
     series_cache::{Facts, Resolved, SeriesCache, SeriesKey},
 };
 use crate::{
-    l7::{BackendKey, body::RespBody, flags::FLAGS_HEADER},
+    l7::{body::RespBody, flags::FLAGS_HEADER},
+    routing::BackendKey,
     runtime::Shared,
     state::{State, Via},
 };
@@ -342,8 +343,9 @@ impl Pending {
                 key.service
                     .as_ref()
                     .map(|k| peers.service(&k.name, &k.namespace)),
-                m.endpoint
-                    .and_then(|e| peers.endpoint_workload(e.ip(), &self.shared.tunnels)),
+                m.endpoint.and_then(|e| {
+                    peers.endpoint_workload(e.ip(), |ip| self.shared.tunnels.remote_workload(ip))
+                }),
             ),
         };
         let mut traffic = TrafficLabels::new(

@@ -4,47 +4,12 @@
 //! Every label is always present; a value nobody knows is "unknown", like ztunnel's
 //! `DefaultedUnknown`, so that dashboards which group by a label keep a stable series.
 
-use std::{collections::BTreeMap, sync::Arc};
-
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
-use crate::identity::SpiffeId;
-
-/// A label value that encodes as "unknown" when absent. Values are shared (`Arc<str>`) because
-/// the same workload names appear in many series and in every per-connection record.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Value(Option<Arc<str>>);
-
-pub const UNKNOWN: &str = "unknown";
-
-impl Value {
-    pub fn new(text: impl AsRef<str>) -> Value {
-        let text = text.as_ref();
-        if text.is_empty() {
-            Value(None)
-        } else {
-            Value(Some(Arc::from(text)))
-        }
-    }
-
-    pub fn unknown() -> Value {
-        Value(None)
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.as_deref().unwrap_or(UNKNOWN)
-    }
-
-    pub fn is_known(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
-impl std::fmt::Display for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// Who a workload is (its label values) belongs to the model; the metrics encode it.
+pub use crate::state::peers::{
+    Peer, ServiceRef, UNKNOWN, Value, canonical_revision, canonical_service, principal_value,
+};
 
 impl EncodeLabelValue for Value {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -125,104 +90,6 @@ impl EncodeLabelValue for Security {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         use std::fmt::Write;
         encoder.write_str(self.as_str())
-    }
-}
-
-/// What the labels say about one end of a connection.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Peer {
-    pub workload: Value,
-    pub namespace: Value,
-    pub principal: Value,
-    pub canonical_service: Value,
-    pub canonical_revision: Value,
-    pub cluster: Value,
-}
-
-impl Peer {
-    /// A workload the agent knows by name and labels (a workload of this node, or an endpoint
-    /// with a declared workload).
-    pub fn workload(
-        name: &str,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-        principal: Option<&SpiffeId>,
-        cluster: &str,
-    ) -> Peer {
-        Peer {
-            workload: Value::new(name),
-            namespace: Value::new(namespace),
-            principal: principal.map(principal_value).unwrap_or_default(),
-            canonical_service: Value::new(canonical_service(name, labels)),
-            canonical_revision: Value::new(canonical_revision(labels)),
-            cluster: Value::new(cluster),
-        }
-    }
-
-    /// A peer known only by its certificate (a client on another node that sent no
-    /// workload metadata).
-    pub fn identity(id: &SpiffeId, cluster: &str) -> Peer {
-        Peer {
-            namespace: Value::new(&id.namespace),
-            principal: principal_value(id),
-            cluster: Value::new(cluster),
-            ..Peer::default()
-        }
-    }
-
-    pub fn is_known(&self) -> bool {
-        self.workload.is_known()
-    }
-}
-
-pub fn principal_value(id: &SpiffeId) -> Value {
-    Value::new(id.to_string())
-}
-
-/// Istio's canonical service: the canonical-name label, else the Kubernetes recommended name
-/// label, else `app`, else the workload name.
-pub fn canonical_service<'a>(name: &'a str, labels: &'a BTreeMap<String, String>) -> &'a str {
-    [
-        "service.istio.io/canonical-name",
-        "app.kubernetes.io/name",
-        "app",
-    ]
-    .iter()
-    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
-    .map(String::as_str)
-    .unwrap_or(name)
-}
-
-/// Istio's canonical revision: the canonical-revision label, else the Kubernetes recommended
-/// version label, else `version`, else "latest".
-pub fn canonical_revision(labels: &BTreeMap<String, String>) -> &str {
-    [
-        "service.istio.io/canonical-revision",
-        "app.kubernetes.io/version",
-        "version",
-    ]
-    .iter()
-    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
-    .map(String::as_str)
-    .unwrap_or("latest")
-}
-
-/// The destination service of a connection or request.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServiceRef {
-    /// `<name>.<namespace>.svc.<cluster_domain>`
-    pub host: Value,
-    pub name: Value,
-    pub namespace: Value,
-}
-
-impl ServiceRef {
-    pub fn new(name: &str, namespace: &str, cluster_domain: &str) -> ServiceRef {
-        ServiceRef {
-            host: Value::new(format!("{name}.{namespace}.svc.{cluster_domain}")),
-            name: Value::new(name),
-            namespace: Value::new(namespace),
-        }
     }
 }
 
@@ -373,6 +240,8 @@ pub const TRAFFIC_LABEL_NAMES: [&str; 23] = [
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

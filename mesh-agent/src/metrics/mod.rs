@@ -6,7 +6,6 @@ pub mod bench;
 pub mod health;
 pub mod http;
 pub mod labels;
-pub mod peers;
 pub mod records;
 pub mod registry;
 pub mod series_cache;

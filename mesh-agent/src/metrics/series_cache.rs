@@ -18,7 +18,7 @@ use super::{
     labels::{Reporter, RequestLabels, RequestProtocol, Security},
     registry::RequestSeries,
 };
-use crate::{l7::BackendKey, state::State};
+use crate::{routing::BackendKey, state::State};
 
 /// Label sets kept per connection; a connection that sees more distinct outcomes than this
 /// (many statuses from many backends) resolves the rarer ones each time.

@@ -24,14 +24,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     identity::{PeerCert, SpiffeId},
-    metrics::{
-        labels::{Peer, Security},
-        peers::Baggage,
-        tcp::Annotation,
-    },
+    metrics::{labels::Security, tcp::Annotation},
     policy::authz,
     proxy::tunnel,
     runtime::Shared,
+    state::peers::{Baggage, Peer},
 };
 
 /// A client that cannot finish the handshake in this time is dropped (slowloris).

@@ -18,14 +18,13 @@ use crate::{
         detect::{self, Detected},
         stats::HttpStats,
     },
-    metrics::{
-        labels::{Peer, Security},
-        peers::Baggage,
-        tcp::Annotation,
-    },
+    metrics::{labels::Security, tcp::Annotation},
     proxy::inbound,
     runtime::Shared,
-    state::Via,
+    state::{
+        Via,
+        peers::{Baggage, Peer},
+    },
 };
 
 /// One accept loop per listener (one listener per enrolled network namespace).
@@ -178,7 +177,7 @@ async fn handle(
         let destination = shared
             .state()
             .peers
-            .endpoint_workload(upstream.addr.ip(), &shared.tunnels)
+            .endpoint_workload(upstream.addr.ip(), |ip| shared.tunnels.remote_workload(ip))
             .unwrap_or_default();
         let security = match upstream.via {
             Via::Direct => Security::Unknown,

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::metrics::peers::Baggage;
+use crate::state::peers::Baggage;
 use anyhow::{Context, Result, anyhow};
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode, body::Bytes, client::conn::http2};

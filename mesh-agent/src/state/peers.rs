@@ -1,18 +1,154 @@
-//! Who is who, for labels: the workloads of this node (by cgroup and address), the workloads
-//! behind service endpoints (by address), and the service of each endpoint address. Built
-//! with the model, so a lookup per connection is a hash probe.
+//! Who is who: the workloads of this node (by cgroup and address), the workloads behind
+//! service endpoints (by address), and the service of each endpoint address, as the values
+//! Istio's labels and the access log name them ([`Peer`], [`ServiceRef`]). Built with the
+//! model, so a lookup per connection is a hash probe; the metrics encode these values, the
+//! data path carries them (a connection's client, the baggage header on the tunnel).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
-use super::labels::{Peer, ServiceRef};
 use crate::{
     config::Config,
     identity::SpiffeId,
     state::{WorkloadState, canonical_ip},
 };
+
+/// A label value that encodes as "unknown" when absent. Values are shared (`Arc<str>`) because
+/// the same workload names appear in many series and in every per-connection record.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Value(Option<Arc<str>>);
+
+pub const UNKNOWN: &str = "unknown";
+
+impl Value {
+    pub fn new(text: impl AsRef<str>) -> Value {
+        let text = text.as_ref();
+        if text.is_empty() {
+            Value(None)
+        } else {
+            Value(Some(Arc::from(text)))
+        }
+    }
+
+    pub fn unknown() -> Value {
+        Value(None)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or(UNKNOWN)
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the labels say about one end of a connection.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub workload: Value,
+    pub namespace: Value,
+    pub principal: Value,
+    pub canonical_service: Value,
+    pub canonical_revision: Value,
+    pub cluster: Value,
+}
+
+impl Peer {
+    /// A workload the agent knows by name and labels (a workload of this node, or an endpoint
+    /// with a declared workload).
+    pub fn workload(
+        name: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        principal: Option<&SpiffeId>,
+        cluster: &str,
+    ) -> Peer {
+        Peer {
+            workload: Value::new(name),
+            namespace: Value::new(namespace),
+            principal: principal.map(principal_value).unwrap_or_default(),
+            canonical_service: Value::new(canonical_service(name, labels)),
+            canonical_revision: Value::new(canonical_revision(labels)),
+            cluster: Value::new(cluster),
+        }
+    }
+
+    /// A peer known only by its certificate (a client on another node that sent no
+    /// workload metadata).
+    pub fn identity(id: &SpiffeId, cluster: &str) -> Peer {
+        Peer {
+            namespace: Value::new(&id.namespace),
+            principal: principal_value(id),
+            cluster: Value::new(cluster),
+            ..Peer::default()
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.workload.is_known()
+    }
+}
+
+pub fn principal_value(id: &SpiffeId) -> Value {
+    Value::new(id.to_string())
+}
+
+/// Istio's canonical service: the canonical-name label, else the Kubernetes recommended name
+/// label, else `app`, else the workload name.
+pub fn canonical_service<'a>(name: &'a str, labels: &'a BTreeMap<String, String>) -> &'a str {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+    .map(String::as_str)
+    .unwrap_or(name)
+}
+
+/// Istio's canonical revision: the canonical-revision label, else the Kubernetes recommended
+/// version label, else `version`, else "latest".
+pub fn canonical_revision(labels: &BTreeMap<String, String>) -> &str {
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+    .map(String::as_str)
+    .unwrap_or("latest")
+}
+
+/// The destination service of a connection or request.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceRef {
+    /// `<name>.<namespace>.svc.<cluster_domain>`
+    pub host: Value,
+    pub name: Value,
+    pub namespace: Value,
+}
+
+impl ServiceRef {
+    pub fn new(name: &str, namespace: &str, cluster_domain: &str) -> ServiceRef {
+        ServiceRef {
+            host: Value::new(format!("{name}.{namespace}.svc.{cluster_domain}")),
+            name: Value::new(name),
+            namespace: Value::new(namespace),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct PeerIndex {
@@ -84,17 +220,18 @@ impl PeerIndex {
 
     /// The workload behind an endpoint: a workload of this node, else what the endpoint's
     /// agent said about it, else the endpoint's declared workload name.
+    /// `remote` is what the endpoint's agent said about it (the tunnel's baggage), asked only
+    /// when this node does not know the workload.
     pub fn endpoint_workload(
         &self,
         ip: IpAddr,
-        tunnels: &crate::proxy::tunnel::TunnelPool,
+        remote: impl FnOnce(IpAddr) -> Option<Baggage>,
     ) -> Option<Peer> {
         let local = self.by_ip(ip).filter(|p| p.principal.is_known());
         if let Some(p) = local {
             return Some(p.clone());
         }
-        tunnels
-            .remote_workload(ip)
+        remote(ip)
             .and_then(|b| self.from_destination_baggage(&b))
             .or_else(|| self.by_ip(ip).cloned())
     }
@@ -111,7 +248,7 @@ impl PeerIndex {
     /// A client known by its certificate: the local workload with that identity when there is
     /// exactly one, else the identity alone.
     pub fn by_identity(&self, id: &SpiffeId) -> Peer {
-        let principal = super::labels::principal_value(id);
+        let principal = principal_value(id);
         let mut matches = self.by_cgroup.values().filter(|p| p.principal == principal);
         match (matches.next(), matches.next()) {
             (Some(only), None) => only.clone(),
@@ -127,11 +264,9 @@ impl PeerIndex {
             return peer;
         }
         if let Some(name) = &baggage.workload {
-            peer.workload = super::labels::Value::new(name);
-            peer.canonical_service =
-                super::labels::Value::new(baggage.service.as_deref().unwrap_or(name));
-            peer.canonical_revision =
-                super::labels::Value::new(baggage.version.as_deref().unwrap_or("latest"));
+            peer.workload = Value::new(name);
+            peer.canonical_service = Value::new(baggage.service.as_deref().unwrap_or(name));
+            peer.canonical_revision = Value::new(baggage.version.as_deref().unwrap_or("latest"));
         }
         peer
     }
@@ -139,18 +274,14 @@ impl PeerIndex {
     /// The workload behind an endpoint of another node, as that node's agent described it.
     pub fn from_destination_baggage(&self, baggage: &Baggage) -> Option<Peer> {
         let name = baggage.workload.as_deref()?;
-        let v = |o: &Option<String>| super::labels::Value::new(o.as_deref().unwrap_or(""));
+        let v = |o: &Option<String>| Value::new(o.as_deref().unwrap_or(""));
         Some(Peer {
-            workload: super::labels::Value::new(name),
+            workload: Value::new(name),
             namespace: v(&baggage.namespace),
             principal: v(&baggage.principal),
-            canonical_service: super::labels::Value::new(
-                baggage.service.as_deref().unwrap_or(name),
-            ),
-            canonical_revision: super::labels::Value::new(
-                baggage.version.as_deref().unwrap_or("latest"),
-            ),
-            cluster: super::labels::Value::new(&self.cluster),
+            canonical_service: Value::new(baggage.service.as_deref().unwrap_or(name)),
+            canonical_revision: Value::new(baggage.version.as_deref().unwrap_or("latest")),
+            cluster: Value::new(&self.cluster),
         })
     }
 
@@ -220,7 +351,6 @@ impl Baggage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::labels::Value;
 
     #[test]
     fn baggage_round_trips_and_is_bounded_by_the_certificate_namespace() {

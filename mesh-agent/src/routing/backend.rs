@@ -21,8 +21,7 @@ use serde::Serialize;
 
 use crate::{
     config::{LoadBalancer, OutlierDetection, RetryBudget},
-    l7::{BackendKey, budget::Budget},
-    state::Upstream,
+    routing::{BackendKey, Upstream, budget::Budget},
 };
 
 /// The longest ejection, as Envoy's default `max_ejection_time`: without a cap an endpoint
@@ -464,7 +463,7 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Via;
+    use crate::routing::Via;
 
     fn addr(i: usize) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i as u8], 8080))

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::load::{Checker, ConfigError};
+use super::checker::{Checker, ConfigError};
 use super::raw::{Text, entries, null_as_empty};
 use super::scalars::{line_of, quote};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::load::{Checker, ConfigError, PathChecks};
+use super::checker::{Checker, ConfigError, PathChecks};
 use super::raw::{Text, null_as_empty};
 use super::scalars::{
     DurationText, clean, format_duration, parse_duration, quote, serialize_duration,

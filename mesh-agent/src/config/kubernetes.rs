@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 use super::authorization::RawPolicy;
-use super::load::{Checker, ConfigError, PathChecks};
+use super::checker::{Checker, ConfigError, PathChecks};
 use super::raw::Text;
 use super::scalars::{label_key, quote};
 

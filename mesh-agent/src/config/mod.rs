@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 mod authorization;
+mod checker;
 #[cfg(test)]
 mod fixture;
 mod identity;
@@ -42,12 +43,13 @@ mod tests;
 mod workloads;
 
 pub use authorization::{AuthorizationPolicy, AuthzAction, AuthzOperation, AuthzRule, AuthzSource};
+pub use checker::{ConfigError, ConfigErrors};
 pub use identity::{
     CaSource, DEFAULT_CA_DIR, DEFAULT_CERT_LIFETIME, DEFAULT_TRUST_DOMAIN, IdentityConfig,
 };
 pub use kubernetes::check_api_policy;
 pub use kubernetes::{CgroupDriver, KubernetesConfig};
-pub use load::{ConfigError, ConfigErrors, check_file, embedded_default, load_file, parse_str};
+pub use load::{check_file, embedded_default, load_file, parse_str};
 pub use node::{
     DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_OUTBOUND_PORT, DEFAULT_TUNNEL_PORT, NodeConfig,
 };
@@ -66,8 +68,8 @@ pub use telemetry::TelemetrySettings;
 pub use workloads::{DEFAULT_SERVICE_ACCOUNT, EgressRule, IngressRule, PeerAuthMode, Workload};
 
 use authorization::RawPolicy;
+use checker::Checker;
 use identity::RawIdentity;
-use load::Checker;
 use node::RawNode;
 use nodes::RawPeerNode;
 use raw::{null_as_empty, present};

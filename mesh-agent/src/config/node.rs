@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::load::{Checker, ConfigError};
+use super::checker::{Checker, ConfigError};
 use super::raw::Text;
 use super::scalars::{is_node_name, quote};
 

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::NodeConfig;
-use super::load::{Checker, ConfigError};
+use super::checker::{Checker, ConfigError};
 use super::raw::Text;
 use super::scalars::{is_node_name, line_of, quote};
 

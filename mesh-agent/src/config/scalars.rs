@@ -3,7 +3,6 @@
 //! names, paths that must be absolute or exist; and how values from the file are shown in
 //! messages.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +11,8 @@ use ipnet::IpNet;
 use serde::Serializer;
 use serde_saphyr::Spanned;
 
-use super::load::{Checker, ConfigError, PathChecks};
+use super::checker::{Checker, ConfigError, PathChecks};
+pub(super) use super::checker::{clean, quote};
 use super::raw::Text;
 
 /// The namespace of workloads, services and authorization policies that do
@@ -298,26 +298,6 @@ pub(super) fn is_node_name(name: &str) -> bool {
 
 pub(super) fn line_of<T>(spanned: &Spanned<T>) -> u64 {
     spanned.referenced.line()
-}
-
-/// Escapes control characters so that a value from the file cannot break
-/// the one-line `FILE:LINE:COLUMN: REASON` format or inject terminal codes.
-pub(super) fn clean(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{}", c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A value from the file, as shown in messages.
-pub(super) fn quote(text: &str) -> String {
-    format!("`{}`", clean(text))
 }
 
 #[cfg(test)]

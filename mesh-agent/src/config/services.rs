@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::load::{Checker, ConfigError};
+use super::checker::{Checker, ConfigError};
 use super::raw::{Text, null_as_empty, present};
 use super::routes::{LoadBalancer, OutlierDetection, PortProtocol, RawOutlierDetection};
 use super::scalars::{DEFAULT_NAMESPACE, line_of, quote};

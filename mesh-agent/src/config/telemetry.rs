@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use super::NodeConfig;
-use super::load::{Checker, ConfigError};
+use super::checker::{Checker, ConfigError};
 use super::raw::Text;
 use super::scalars::quote;
 

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::load::{Checker, ConfigError, PathChecks};
+use super::checker::{Checker, ConfigError, PathChecks};
 use super::raw::{Text, entries, null_as_empty, present};
 use super::scalars::{DEFAULT_NAMESPACE, clean, label_key, label_value, line_of, quote};
 

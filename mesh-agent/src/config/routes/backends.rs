@@ -9,7 +9,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{MAX_BACKEND_REFS, MAX_WEIGHT, Scope};
 use crate::config::Service;
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::Text;
 use crate::config::scalars::quote;
 

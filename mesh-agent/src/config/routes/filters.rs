@@ -11,7 +11,7 @@ use super::matches::path_problem;
 use super::{
     BackendRef, MAX_FILTERS, MAX_FRACTION, MAX_MODIFIED_HEADERS, REDIRECT_CODES, RouteKind, Scope,
 };
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::{Text, null_as_empty};
 use crate::config::scalars::{line_of, quote};
 

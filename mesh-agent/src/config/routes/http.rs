@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_DETECTION_TIMEOUT, MS};
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::Text;
 use crate::config::scalars::serialize_duration;
 

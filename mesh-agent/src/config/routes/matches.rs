@@ -8,7 +8,7 @@ use serde_saphyr::Spanned;
 
 use super::scalars::{TOKEN_RULE, is_token};
 use super::{MAX_HEADER_VALUE_LEN, MAX_PATH_LEN, MAX_VALUE_MATCHES, METHODS};
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::{Text, null_as_empty};
 use crate::config::scalars::{line_of, quote};
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 use super::Service;
-use super::load::{Checker, ConfigError, PathChecks};
+use super::checker::{Checker, ConfigError, PathChecks};
 use super::raw::{Text, null_as_empty};
 use super::scalars::{line_of, quote};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::{DURATION_UNITS, MAX_HEADER_VALUE_LEN, MAX_LONG_DURATION, MS};
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::Text;
 use crate::config::scalars::{DurationText, clean, parse_duration, quote};
 

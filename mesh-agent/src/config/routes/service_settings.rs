@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 use super::{MAX_LONG_DURATION, MS};
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::Text;
 use crate::config::scalars::{quote, serialize_duration};
 

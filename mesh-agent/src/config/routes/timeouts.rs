@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scalars::show_duration;
 use super::{DEFAULT_BACKOFF, MAX_BACKOFF, MAX_RETRY_ATTEMPTS, MS};
-use crate::config::load::{Checker, ConfigError};
+use crate::config::checker::{Checker, ConfigError};
 use crate::config::raw::{Text, null_as_empty};
 use crate::config::scalars::serialize_duration;
 

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod ebpf;
+pub mod exporter;
 pub mod flows;
 pub mod identity;
 pub mod k8s;

@@ -59,7 +59,15 @@ fn connection_closed(shared: &Shared, event: &mesh_common::ConnEvent) {
         .flow_events
         .publish_closed(event, workload.as_deref());
     shared.closed.push(event, workload);
-    crate::metrics::connection_closed(shared, event);
+    let state = shared.state();
+    crate::metrics::connection_closed(
+        &shared.telemetry,
+        &shared.tcp_accounting,
+        &shared.istio,
+        &shared.access_log,
+        &state,
+        event,
+    );
 }
 
 impl crate::flows::OpenFlows for Shared {
@@ -105,7 +113,7 @@ pub struct Shared {
     /// Where access-log records go (a bounded queue to the writer thread).
     pub access_log: crate::accesslog::AccessLog,
     pub program_stats: ebpf::ProgramStats,
-    pub config_reloads: crate::metrics::health::ConfigReloads,
+    pub config_reloads: crate::exporter::health::ConfigReloads,
     pub started: std::time::Instant,
     /// Where the running config came from (a file path, or "embedded default").
     pub config_source: String,
@@ -445,7 +453,7 @@ pub async fn run(
         shared.add_listener(listener, info);
     }
     admin::spawn(node.admin, shared.clone()).await?;
-    crate::metrics::server::spawn(
+    crate::exporter::server::spawn(
         telemetry.metrics_address,
         telemetry.readiness_address,
         shared.clone(),

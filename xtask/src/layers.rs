@@ -39,7 +39,14 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("control", &["k8s", "reload"]),
     (
         "surfaces",
-        &["admin", "admin_client", "status", "cli", "runtime"],
+        &[
+            "admin",
+            "admin_client",
+            "status",
+            "cli",
+            "exporter",
+            "runtime",
+        ],
     ),
 ];
 

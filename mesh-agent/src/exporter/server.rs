@@ -12,7 +12,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::text;
+use crate::metrics::text;
 use crate::runtime::Shared;
 
 /// How often live connections are read for their byte counts between scrapes, so that the

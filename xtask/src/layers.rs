@@ -1,5 +1,5 @@
 //! `cargo xtask layers`: keeps mesh-agent's modules in layers whose imports only point down,
-//! and its modules free of import circles (ARCHITECTURE.md names the layers).
+//! and its modules free of import circles (`LAYERS` below names the layers).
 //!
 //! The module tree is read as rustc reads it: from `lib.rs`, following `mod` declarations
 //! (`#[path]` included) and inline modules. Every `use` of `crate::`/`super::`/`self::` and
@@ -135,7 +135,9 @@ pub fn run(workspace: &Path) -> Result<()> {
     let report = check(&lib)?;
     print!("{}", report.render(workspace));
     if !report.ok() {
-        bail!("mesh-agent's imports break its layering (see ARCHITECTURE.md)");
+        bail!(
+            "mesh-agent's imports break its layering (the layers: LAYERS in xtask/src/layers.rs)"
+        );
     }
     Ok(())
 }

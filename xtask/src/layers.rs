@@ -344,19 +344,14 @@ impl PathFinder {
                 self.use_tree(prefix, &p.tree);
                 prefix.pop();
             }
-            syn::UseTree::Name(n) => {
+            // `use a::b as c` imports `a::b` like `use a::b`.
+            syn::UseTree::Name(syn::UseName { ident })
+            | syn::UseTree::Rename(syn::UseRename { ident, .. }) => {
                 let mut path = prefix.clone();
-                if n.ident != "self" {
-                    path.push(n.ident.to_string());
+                if ident != "self" {
+                    path.push(ident.to_string());
                 }
-                self.found.push((path, n.ident.span().start().line));
-            }
-            syn::UseTree::Rename(r) => {
-                let mut path = prefix.clone();
-                if r.ident != "self" {
-                    path.push(r.ident.to_string());
-                }
-                self.found.push((path, r.ident.span().start().line));
+                self.found.push((path, ident.span().start().line));
             }
             syn::UseTree::Glob(g) => {
                 self.found

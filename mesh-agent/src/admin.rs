@@ -25,7 +25,7 @@ use tokio::{
     sync::{broadcast::error::RecvError, mpsc},
 };
 
-use crate::runtime::Shared;
+use crate::agent::Shared;
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
@@ -118,19 +118,19 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
             StatusCode::OK,
             json!({
                 "kernel": shared.kernel_counters(),
-                "maps": shared.maps.usage(),
+                "maps": shared.transport.maps.usage(),
                 "proxy": {
-                    "accepted": shared.proxy_stats.accepted.load(Ordering::Relaxed),
-                    "forwarded": shared.proxy_stats.forwarded.load(Ordering::Relaxed),
-                    "failed": shared.proxy_stats.failed.load(Ordering::Relaxed),
-                    "bytes_up": shared.proxy_stats.bytes_up.load(Ordering::Relaxed),
-                    "bytes_down": shared.proxy_stats.bytes_down.load(Ordering::Relaxed),
+                    "accepted": shared.proxy.stats.accepted.load(Ordering::Relaxed),
+                    "forwarded": shared.proxy.stats.forwarded.load(Ordering::Relaxed),
+                    "failed": shared.proxy.stats.failed.load(Ordering::Relaxed),
+                    "bytes_up": shared.proxy.stats.bytes_up.load(Ordering::Relaxed),
+                    "bytes_down": shared.proxy.stats.bytes_down.load(Ordering::Relaxed),
                 },
-                "inbound": shared.inbound_stats,
-                "tunnel": shared.tunnels.stats,
-                "http": shared.http_stats,
-                "http_upstream": shared.upstreams.stats,
-                "identity": {"rotations": shared.identity.rotations()},
+                "inbound": shared.transport.inbound_stats,
+                "tunnel": shared.transport.tunnels.stats,
+                "http": shared.http.stats,
+                "http_upstream": shared.http.upstreams.stats,
+                "identity": {"rotations": shared.transport.identity.rotations()},
                 "programs": shared.programs,
                 "listeners": shared.listeners(),
             }),
@@ -138,15 +138,15 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
         "/certs" => json_response(
             StatusCode::OK,
             json!({
-                "trust_domain": shared.identity.trust_domain(),
-                "certificates": shared.identity.snapshot(),
-                "trust_bundle": shared.identity.bundle_info(),
+                "trust_domain": shared.transport.identity.trust_domain(),
+                "certificates": shared.transport.identity.snapshot(),
+                "trust_bundle": shared.transport.identity.bundle_info(),
             }),
         ),
         "/tunnels" => json_response(
             StatusCode::OK,
             json!({
-                "outbound": shared.tunnels.sessions(),
+                "outbound": shared.transport.tunnels.sessions(),
                 "inbound": shared.inbound_sessions(),
             }),
         ),

@@ -3,9 +3,9 @@
 //! The binary (`main.rs`) is a thin CLI over these modules; end-to-end tests and tools use the
 //! library for shared types such as flow records and config.
 
-pub mod accesslog;
 pub mod admin;
 pub mod admin_client;
+pub mod agent;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -26,3 +26,4 @@ pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod status;
+pub mod transport;

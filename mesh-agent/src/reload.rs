@@ -10,17 +10,45 @@
 use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::{
     config::{self, Config},
     state::State,
 };
+
+/// Config loads and reloads, and the last rejection (shown in /config_dump and the log).
+#[derive(Default, Serialize)]
+pub struct ConfigReloads {
+    pub success: AtomicU64,
+    pub failure: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ConfigReloads {
+    pub fn succeeded(&self) {
+        self.success.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
+    pub fn failed(&self, error: String) {
+        self.failure.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error);
+        }
+    }
+}
 
 /// What the config sources (the file watcher here, the Kubernetes source) need of the running
 /// agent. The wiring at the top (`runtime`) provides it; a source never sees the rest.
@@ -151,7 +179,21 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommend
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::ConfigReloads;
     use crate::config::parse_str;
+
+    #[test]
+    fn reload_failures_keep_the_last_error_until_a_success() {
+        let r = ConfigReloads::default();
+        r.failed("bad".into());
+        assert_eq!(r.last_error.lock().unwrap().as_deref(), Some("bad"));
+        r.succeeded();
+        assert_eq!(r.last_error.lock().unwrap().as_deref(), None);
+        assert_eq!(r.failure.load(Ordering::Relaxed), 1);
+        assert_eq!(r.success.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn a_changed_kubernetes_section_needs_a_restart() {

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering};
 
 use serde_json::{Value, json};
 
-use crate::{identity::CertInfo, runtime::Shared};
+use crate::{agent::Shared, identity::CertInfo};
 
 /// What the problem checks look at, gathered from the running agent (a plain struct so that
 /// the checks can be tested without one).
@@ -110,14 +110,22 @@ pub fn collect(shared: &Shared) -> Value {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let certificates = shared.identity.snapshot();
+    let certificates = shared.transport.identity.snapshot();
     let health = Health {
         ready,
         kernel: kernel.clone(),
         certificates: certificates.clone(),
-        cert_lifetime_seconds: shared.identity.lifetime().as_secs(),
-        tls_handshake_failures: shared.inbound_stats.tls_failed.load(Ordering::Relaxed),
-        authz_denied: shared.inbound_stats.authz_denied.load(Ordering::Relaxed),
+        cert_lifetime_seconds: shared.transport.identity.lifetime().as_secs(),
+        tls_handshake_failures: shared
+            .transport
+            .inbound_stats
+            .tls_failed
+            .load(Ordering::Relaxed),
+        authz_denied: shared
+            .transport
+            .inbound_stats
+            .authz_denied
+            .load(Ordering::Relaxed),
     };
     let workloads: Vec<Value> = state
         .workloads
@@ -140,16 +148,16 @@ pub fn collect(shared: &Shared) -> Value {
         "programs": shared.programs,
         "listeners": shared.listeners(),
         "workloads": workloads,
-        "maps": shared.maps.usage(),
+        "maps": shared.transport.maps.usage(),
         "kernel": kernel,
         "certificates": {
             "count": certificates.len(),
             "soonest_expiry_seconds": certificates.iter().map(|c| c.expires_in_seconds).min(),
             "lifetime_seconds": health.cert_lifetime_seconds,
         },
-        "tunnel": shared.tunnels.stats,
-        "inbound": shared.inbound_stats,
-        "http": shared.http_stats,
+        "tunnel": shared.transport.tunnels.stats,
+        "inbound": shared.transport.inbound_stats,
+        "http": shared.http.stats,
         "flow_subscribers": shared.flow_events.subscribers(),
         "problems": problems(&health),
     })

@@ -34,7 +34,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         "model",
         &["config", "state", "routing", "policy", "identity"],
     ),
-    ("data path", &["proxy", "l7"]),
+    ("data path", &["transport", "l7", "proxy"]),
     ("telemetry", &["metrics", "accesslog", "flows", "logging"]),
     ("control", &["k8s", "reload"]),
     (
@@ -45,6 +45,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "status",
             "cli",
             "exporter",
+            "agent",
             "runtime",
         ],
     ),

@@ -4,10 +4,7 @@
 //! to be kept in sync between scrapes.
 
 use std::{
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -17,35 +14,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use serde::Serialize;
 
-use crate::runtime::Shared;
+use crate::agent::Shared;
 
 type Labels = Vec<(&'static str, String)>;
-
-/// Config loads and reloads, and the last rejection (shown in /config_dump and the log).
-#[derive(Default, Serialize)]
-pub struct ConfigReloads {
-    pub success: AtomicU64,
-    pub failure: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
-impl ConfigReloads {
-    pub fn succeeded(&self) {
-        self.success.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = None;
-        }
-    }
-
-    pub fn failed(&self, error: String) {
-        self.failure.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(error);
-        }
-    }
-}
 
 fn counter(value: u64) -> Counter {
     let c = Counter::default();
@@ -117,7 +89,7 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
         run_seconds,
     );
 
-    let usage = shared.maps.usage();
+    let usage = shared.transport.maps.usage();
     let entries = Family::<Labels, Gauge>::default();
     let capacities = Family::<Labels, Gauge>::default();
     let maps: [(&str, usize, u32); 8] = [
@@ -178,12 +150,12 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
     r.register(
         "access_log_dropped",
         "Access-log records dropped because the log writer fell behind (its queue of telemetry.access_log_buffer records was full)",
-        counter(shared.access_log.dropped()),
+        counter(shared.telemetry.access_log.dropped()),
     );
     r.register(
         "access_log_written",
         "Access-log lines written",
-        counter(shared.access_log.written()),
+        counter(shared.telemetry.access_log.written()),
     );
     r.register(
         "connections_redirected",
@@ -258,7 +230,7 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
 
     let now = unix_now();
     let expiry = Family::<Labels, Gauge>::default();
-    for cert in shared.identity.snapshot() {
+    for cert in shared.transport.identity.snapshot() {
         expiry
             .get_or_create(&vec![("spiffe_id", cert.spiffe_id)])
             .set(now + cert.expires_in_seconds);
@@ -269,6 +241,7 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
         expiry,
     );
     if let Some(earliest) = shared
+        .transport
         .identity
         .bundle_info()
         .iter()
@@ -282,7 +255,7 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
         );
     }
 
-    let inbound = &shared.inbound_stats;
+    let inbound = &shared.transport.inbound_stats;
     r.register(
         "tunnel_handshake_failures",
         "Inbound tunnel connections refused during the TLS handshake (wrong, missing or untrusted certificate, not TLS 1.3)",
@@ -300,12 +273,12 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
     r.register(
         "istio_series",
         "Label sets of the istio_* metrics held in memory",
-        gauge(shared.istio.series_count() as i64),
+        gauge(shared.telemetry.istio.series_count() as i64),
     );
     r.register(
         "tracked_connections",
         "Connections whose bytes are being counted for the istio_tcp_* metrics",
-        gauge(shared.tcp_accounting.tracked() as i64),
+        gauge(shared.telemetry.tcp.tracked() as i64),
     );
     r.register(
         "uptime_seconds",
@@ -323,16 +296,5 @@ mod tests {
     fn rfc3339_parses_to_unix_time() {
         assert_eq!(rfc3339_to_unix("1970-01-01T00:01:00Z"), Some(60));
         assert_eq!(rfc3339_to_unix("not a time"), None);
-    }
-
-    #[test]
-    fn reload_failures_keep_the_last_error_until_a_success() {
-        let r = ConfigReloads::default();
-        r.failed("bad".into());
-        assert_eq!(r.last_error.lock().unwrap().as_deref(), Some("bad"));
-        r.succeeded();
-        assert_eq!(r.last_error.lock().unwrap().as_deref(), None);
-        assert_eq!(r.failure.load(Ordering::Relaxed), 1);
-        assert_eq!(r.success.load(Ordering::Relaxed), 1);
     }
 }

@@ -7,24 +7,27 @@ pub mod server;
 
 use std::sync::atomic::Ordering;
 
-use crate::{metrics::text, runtime::Shared};
+use crate::{agent::Shared, metrics::text};
 
 /// Brings the TCP byte counts of live connections up to date.
 pub fn refresh(shared: &Shared) {
-    if !shared.telemetry.istio_enabled() {
+    if !shared.telemetry.switches.istio_enabled() {
         return;
     }
-    let live = shared.maps.live_connections();
+    let live = shared.transport.maps.live_connections();
     let state = shared.state();
-    shared.tcp_accounting.refresh(&shared.istio, &state, &live);
+    shared
+        .telemetry
+        .tcp
+        .refresh(&shared.telemetry.istio, &state, &live);
 }
 
 /// The whole exposition: istio_* then mesh_agent_*, as OpenMetrics or Prometheus text.
 pub fn encode(shared: &Shared, openmetrics: bool) -> Result<String, std::fmt::Error> {
     refresh(shared);
     let mut out = String::with_capacity(64 * 1024);
-    if shared.telemetry.istio_enabled() {
-        shared.istio.encode(&mut out)?;
+    if shared.telemetry.switches.istio_enabled() {
+        shared.telemetry.istio.encode(&mut out)?;
     }
     health::encode(shared, &mut out)?;
     out.push_str("# EOF\n");
@@ -48,7 +51,7 @@ pub fn readiness_problems(shared: &Shared) -> Vec<String> {
         problems.push("the Kubernetes source has not been synced and applied yet".to_owned());
     }
     let wanted = shared.state().local_identities();
-    let held = shared.identity.snapshot();
+    let held = shared.transport.identity.snapshot();
     for id in wanted {
         let id = id.to_string();
         match held.iter().find(|c| c.spiffe_id == id) {

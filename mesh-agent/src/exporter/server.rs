@@ -12,8 +12,8 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::agent::Shared;
 use crate::metrics::text;
-use crate::runtime::Shared;
 
 /// How often live connections are read for their byte counts between scrapes, so that the
 /// bookkeeping of connections and annotations stays bounded without a scraper.

@@ -8,11 +8,14 @@ use std::{
     sync::Arc,
 };
 
-use crate::{identity::SpiffeId, policy::authz, runtime::Shared, state::peers::Peer};
+use super::meter::RequestRecorder;
+use crate::{identity::SpiffeId, policy::authz, state::peers::Peer, transport::Transport};
 
 /// One tunnel stream to a local workload, as the inbound path authorized it.
 pub struct Delivery {
-    pub shared: Arc<Shared>,
+    pub transport: Arc<Transport>,
+    /// Where the stream's requests are recorded (as the destination).
+    pub requests: Arc<dyn RequestRecorder>,
     /// The client workload, as the labels name it (from the baggage or the certificate).
     pub source: Arc<Peer>,
     /// The tunnel peer's identity: further connections to the workload are authorized as it.
@@ -27,7 +30,7 @@ pub struct Delivery {
 
 /// Whether the tunnel peer may still reach the workload port under the running policies.
 pub fn allowed_now(d: &Delivery) -> bool {
-    let state = d.shared.state();
+    let state = d.transport.state();
     let Some(workload) = state.workload_by_ip(d.target.ip()) else {
         return false;
     };
@@ -40,7 +43,7 @@ pub fn allowed_now(d: &Delivery) -> bool {
         },
     );
     if !decision.allowed() {
-        d.shared
+        d.transport
             .inbound_stats
             .authz_denied
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -14,7 +14,7 @@
 //! sees what it would see without this hop); a workload connection closed between requests is
 //! replaced by a new one through the same authorization.
 
-use std::{os::fd::AsRawFd, sync::Arc};
+use std::os::fd::AsRawFd;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode, uri::PathAndQuery};
@@ -28,7 +28,7 @@ use super::{
     flags::{FLAGS_HEADER, ResponseFlag},
     framing::{self, ChunkedScanner, Framing, FramingError, HeadFacts},
 };
-use crate::metrics::{http::RequestMeter, records::RequestTarget, series_cache::SeriesCache};
+use super::{meter::RequestMeter, target::RequestTarget};
 
 /// Headers per message; more is refused (431), as hyper's default limit does.
 const MAX_HEADERS: usize = 100;
@@ -330,7 +330,6 @@ struct Stream<T> {
     /// The connection the inbound path opened, until the first request uses it.
     first: Option<TcpStream>,
     delivery: Delivery,
-    series: Arc<SeriesCache>,
 }
 
 /// Serves the HTTP/1.1 requests of one tunnel stream until it ends.
@@ -339,7 +338,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limit = delivery
-        .shared
+        .transport
         .state()
         .config
         .http
@@ -350,7 +349,6 @@ where
         workload: None,
         first: Some(first),
         delivery,
-        series: Arc::default(),
     };
     loop {
         let head = match read_request(&mut stream.tunnel, limit).await {
@@ -389,9 +387,7 @@ where
     fn record(&self, meter: RequestMeter, status: u16, flag: Option<ResponseFlag>, bytes: u64) {
         let d = &self.delivery;
         meter.record_relayed(
-            &d.shared,
-            d.source.clone(),
-            self.series.clone(),
+            &*d.requests,
             status,
             None,
             flag.map(ResponseFlag::code),
@@ -443,8 +439,8 @@ where
             Some(tcp) => tcp,
             None => {
                 let d = &self.delivery;
-                crate::proxy::inbound::open_local(
-                    &d.shared,
+                crate::transport::local::open_local(
+                    &d.transport,
                     &d.identity,
                     &d.source,
                     d.origin,
@@ -454,7 +450,7 @@ where
                 .map_err(|refusal| {
                     tracing::debug!(target = %d.target, %refusal, "no connection to the workload");
                     match refusal {
-                        crate::proxy::inbound::Refusal::Denied(_) => ResponseFlag::RbacDenied,
+                        crate::transport::local::Refusal::Denied(_) => ResponseFlag::RbacDenied,
                         _ => ResponseFlag::UpstreamConnectFailure,
                     }
                 })?
@@ -603,7 +599,7 @@ where
         if early.await.is_err() {
             return;
         }
-        let relayed = crate::proxy::relay(&mut self.tunnel.io, &mut workload.io).await;
+        let relayed = crate::transport::relay(&mut self.tunnel.io, &mut workload.io).await;
         tracing::debug!(%target, ?relayed, "upgraded connection ended");
     }
 }

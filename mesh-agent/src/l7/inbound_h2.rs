@@ -25,7 +25,7 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     task::{Context, Poll, Waker},
 };
 
@@ -43,7 +43,7 @@ use super::{
     detect::H2_PREFACE,
     flags::{FLAGS_HEADER, ResponseFlag, local_reply},
 };
-use crate::metrics::{http::RequestMeter, records::RequestTarget, series_cache::SeriesCache};
+use super::{meter::RequestMeter, target::RequestTarget};
 use crate::routing::matcher::is_grpc;
 
 const FRAME_HEADER: usize = 9;
@@ -180,7 +180,6 @@ struct Shared {
 
 struct Watch<T> {
     delivery: Delivery,
-    series: Arc<SeriesCache>,
     shared: Mutex<Shared>,
     tunnel_out: tokio::sync::Mutex<WriteHalf<T>>,
 }
@@ -196,7 +195,6 @@ where
     let (workload_in, workload_out) = first.into_split();
     let watch = Watch {
         delivery,
-        series: Arc::default(),
         shared: Mutex::new(Shared {
             exchanges: HashMap::new(),
             highest: 0,
@@ -554,9 +552,7 @@ where
             (None, None) => (0, None),
         };
         x.meter.record_relayed(
-            &d.shared,
-            d.source.clone(),
-            self.series.clone(),
+            &*d.requests,
             status,
             grpc_status,
             flag.map(ResponseFlag::code),

@@ -20,7 +20,43 @@ pub mod headers;
 pub mod inbound;
 pub mod inbound_h1;
 pub mod inbound_h2;
+pub mod meter;
 pub mod proxy;
 pub mod replay;
 pub mod stats;
+pub mod target;
 pub mod upstream;
+
+use std::sync::Arc;
+
+use crate::transport::Transport;
+
+/// What the L7 path shares across connections: the transport under it, its upstream
+/// connection pool, its counters, and where it reports requests.
+pub struct HttpPlane {
+    pub transport: Arc<Transport>,
+    pub upstreams: upstream::UpstreamPool,
+    pub stats: stats::HttpStats,
+    pub requests: Arc<dyn meter::RequestSink>,
+}
+
+impl HttpPlane {
+    pub fn new(transport: Arc<Transport>, requests: Arc<dyn meter::RequestSink>) -> HttpPlane {
+        HttpPlane {
+            transport,
+            upstreams: Default::default(),
+            stats: Default::default(),
+            requests,
+        }
+    }
+
+    /// The recorder of one client connection's requests from `source`.
+    pub fn recorder(
+        &self,
+        source: Arc<crate::state::peers::Peer>,
+    ) -> Arc<dyn meter::RequestRecorder> {
+        self.requests
+            .clone()
+            .connection(self.transport.clone(), source)
+    }
+}

@@ -24,24 +24,24 @@ use hyper_util::{
 use tokio::net::TcpStream;
 
 use super::{
+    HttpPlane,
     body::{ClientBody, Counted, Prepared, ReqBody, RespBody, boxed, empty},
     filters,
     flags::{self, ResponseFlag, local_reply},
     headers,
+    meter::{RequestMeter, RequestRecorder},
     stats::HttpStats,
     upstream::{SendError, Source},
 };
 use crate::{
     config::RequestMirror,
     identity::SpiffeId,
-    metrics::{http::RequestMeter, series_cache::SeriesCache},
     routing::{
         BackendKey,
         backend::{Backend, Outcome, Pick},
         budget,
         matcher::{CompiledRule, RequestHead, is_grpc},
     },
-    runtime::Shared,
     state::State,
     state::peers::Peer,
 };
@@ -52,7 +52,7 @@ const MIN_H1_BUFFER: usize = 8192;
 
 /// What is known about a client connection when its first request arrives.
 pub struct Connection {
-    pub shared: Arc<Shared>,
+    pub http: Arc<HttpPlane>,
     /// The client workload, as the metric labels name it.
     pub source: Arc<Peer>,
     /// The identity requests are sent as (the source workload's).
@@ -64,16 +64,15 @@ pub struct Connection {
     /// HTTP/2 to the backends (`Some(true)`: http2/grpc ports), HTTP/1.1 (`Some(false)`:
     /// http ports) or the client's own version (detected ports).
     pub upstream_h2: Option<bool>,
-    /// The label sets this connection's requests were counted under.
-    pub series: Arc<SeriesCache>,
+    /// Where this connection's requests are recorded.
+    pub requests: Arc<dyn RequestRecorder>,
 }
 
 /// Serves the client connection until it closes.
 pub async fn serve(client: TcpStream, conn: Connection) {
     let conn = Arc::new(conn);
-    let shared = conn.shared.clone();
-    HttpStats::bump(&shared.http_stats.connections);
-    let settings = shared.state().config.http.clone();
+    HttpStats::bump(&conn.http.stats.connections);
+    let settings = conn.http.transport.state().config.http.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -104,7 +103,7 @@ pub async fn serve(client: TcpStream, conn: Connection) {
 
 async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespBody> {
     crate::planted::spin();
-    let stats = &conn.shared.http_stats;
+    let stats = &conn.http.stats;
     HttpStats::bump(&stats.requests);
     let grpc = is_grpc(request.headers());
     let (parts, body) = request.into_parts();
@@ -117,16 +116,11 @@ async fn handle(conn: &Connection, request: Request<Incoming>) -> Response<RespB
         headers::strip_hop_by_hop(response.headers_mut());
     }
     stats.count_status(response.status().as_u16());
-    meter.finish(
-        conn.shared.clone(),
-        conn.source.clone(),
-        conn.series.clone(),
-        response,
-    )
+    meter.finish(conn.requests.clone(), response)
 }
 
 fn reply(conn: &Connection, flag: ResponseFlag, grpc: bool) -> Response<RespBody> {
-    HttpStats::bump(&conn.shared.http_stats.local_replies);
+    HttpStats::bump(&conn.http.stats.local_replies);
     local_reply(flag, grpc)
 }
 
@@ -136,7 +130,7 @@ async fn route(
     grpc: bool,
     meter: &mut RequestMeter,
 ) -> Response<RespBody> {
-    let state = conn.shared.state();
+    let state = conn.http.transport.state();
     let Some(port) = state.destination(conn.original).and_then(|d| d.l7.as_ref()) else {
         return reply(conn, ResponseFlag::NoRoute, grpc);
     };
@@ -194,7 +188,7 @@ async fn route(
         Some(limit) => match tokio::time::timeout(limit, attempts).await {
             Ok(r) => r,
             Err(_) => {
-                HttpStats::bump(&conn.shared.http_stats.timeouts);
+                HttpStats::bump(&conn.http.stats.timeouts);
                 reply(conn, ResponseFlag::UpstreamRequestTimeout, grpc)
             }
         },
@@ -214,7 +208,7 @@ async fn attempts(
     (upstream_h2, grpc): (bool, bool),
     meter: &mut RequestMeter,
 ) -> Response<RespBody> {
-    let stats = &conn.shared.http_stats;
+    let stats = &conn.http.stats;
     let policy = rule.retry.as_ref();
     let max_retries = policy.map_or(0, |p| p.attempts);
     let source = Source {
@@ -233,8 +227,8 @@ async fn attempts(
         };
         meter.attempt(backend.key(), pick.addr(), &pick.upstream().via);
         let request = upstream_request(parts, request_body, upstream_h2, pick.addr());
-        let send = conn.shared.upstreams.send(
-            &conn.shared,
+        let send = conn.http.upstreams.send(
+            &conn.http.transport,
             &source,
             pick.upstream(),
             upstream_h2,
@@ -320,9 +314,9 @@ async fn upgrade_request(
     );
     headers.insert(http::header::UPGRADE, protocol);
     let result = conn
-        .shared
+        .http
         .upstreams
-        .send_upgrade(&conn.shared, &source, pick.upstream(), request)
+        .send_upgrade(&conn.http.transport, &source, pick.upstream(), request)
         .await;
     let mut response = match result {
         Ok(r) => r,
@@ -342,7 +336,7 @@ async fn upgrade_request(
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let relayed =
-                    crate::proxy::relay(TokioIo::new(client), TokioIo::new(upstream)).await;
+                    crate::transport::relay(TokioIo::new(client), TokioIo::new(upstream)).await;
                 tracing::debug!(%endpoint, ?relayed, "upgraded connection ended");
             }
             Err(e) => tracing::debug!(%endpoint, error = %e, "upgrade not completed"),
@@ -368,7 +362,7 @@ fn finish(
             reply(conn, ResponseFlag::UpstreamConnectionTermination, grpc)
         }
         Err(SendError::Timeout) => {
-            HttpStats::bump(&conn.shared.http_stats.timeouts);
+            HttpStats::bump(&conn.http.stats.timeouts);
             reply(conn, ResponseFlag::UpstreamRequestTimeout, grpc)
         }
     }
@@ -422,7 +416,7 @@ fn mirror_request(
     if mirror.denominator == 0 || rand::random_range(0..mirror.denominator) >= mirror.numerator {
         return;
     }
-    let stats = &conn.shared.http_stats;
+    let stats = &conn.http.stats;
     let key = BackendKey {
         namespace: mirror.backend.namespace.clone(),
         name: mirror.backend.name.clone(),
@@ -433,7 +427,7 @@ fn mirror_request(
         return;
     };
     HttpStats::bump(&stats.mirrored);
-    let shared = conn.shared.clone();
+    let http = conn.http.clone();
     let identity = conn.identity.clone();
     let origin = conn.origin;
     let peer = conn.source.clone();
@@ -448,9 +442,15 @@ fn mirror_request(
             peer: &peer,
         };
         let request = upstream_request(&head, copy, upstream_h2, pick.addr());
-        match shared
+        match http
             .upstreams
-            .send(&shared, &source, pick.upstream(), upstream_h2, request)
+            .send(
+                &http.transport,
+                &source,
+                pick.upstream(),
+                upstream_h2,
+                request,
+            )
             .await
         {
             // The answer is discarded, but read, so that the connection can be reused.

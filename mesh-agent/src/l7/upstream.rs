@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -18,28 +18,23 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
 
 use super::body::ReqBody;
+pub use crate::transport::dial::Source;
 use crate::{
-    identity::SpiffeId,
-    proxy::{
-        inbound,
-        tunnel::{CONNECTION_WINDOW, ConnectRefused, STREAM_WINDOW},
+    state::Upstream,
+    transport::{
+        Transport,
+        dial::{DialError, Io, dial},
+        tunnel::{CONNECTION_WINDOW, STREAM_WINDOW},
     },
-    runtime::Shared,
-    state::peers::Baggage,
-    state::{Upstream, Via},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,19 +111,7 @@ pub struct UpstreamPool {
     pub stats: UpstreamStats,
 }
 
-/// Anything a connection to an endpoint can be.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 type BoxIo = TokioIo<Box<dyn Io>>;
-
-/// Who is sending, from where.
-pub struct Source<'a> {
-    pub identity: &'a SpiffeId,
-    /// The client's address, for the destination's address-based ingress rules.
-    pub origin: IpAddr,
-    /// The client workload, for the destination's metrics.
-    pub peer: &'a crate::state::peers::Peer,
-}
 
 impl UpstreamPool {
     /// Forgets every pooled connection (requests in flight finish on theirs): after an
@@ -146,13 +129,13 @@ impl UpstreamPool {
     /// Sends one request to `upstream` and returns the response head (the body streams).
     pub async fn send(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
         h2: bool,
         request: Request<ReqBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let serial = shared
+        let serial = transport
             .identity
             .svid(source.identity)
             .map(|s| s.serial.clone())
@@ -163,15 +146,17 @@ impl UpstreamPool {
             endpoint: upstream.addr,
         };
         if h2 {
-            self.send_h2(shared, source, upstream, key, request).await
+            self.send_h2(transport, source, upstream, key, request)
+                .await
         } else {
-            self.send_h1(shared, source, upstream, key, request).await
+            self.send_h1(transport, source, upstream, key, request)
+                .await
         }
     }
 
     async fn send_h1(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
         key: Key,
@@ -193,7 +178,7 @@ impl UpstreamPool {
                 },
             }
         }
-        let mut sender = self.open_h1(shared, source, upstream, false).await?;
+        let mut sender = self.open_h1(transport, source, upstream, false).await?;
         let response = sender
             .send_request(request)
             .await
@@ -207,12 +192,12 @@ impl UpstreamPool {
     /// pool.
     pub async fn send_upgrade(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
         request: Request<ReqBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = self.open_h1(shared, source, upstream, true).await?;
+        let mut sender = self.open_h1(transport, source, upstream, true).await?;
         sender
             .send_request(request)
             .await
@@ -224,12 +209,12 @@ impl UpstreamPool {
     /// closing it).
     async fn open_h1(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
         upgrades: bool,
     ) -> Result<http1::SendRequest<ReqBody>, SendError> {
-        let io = self.connect(shared, source, upstream).await?;
+        let io = self.connect(transport, source, upstream).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
@@ -269,7 +254,7 @@ impl UpstreamPool {
 
     async fn send_h2(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
         key: Key,
@@ -302,7 +287,7 @@ impl UpstreamPool {
                 match slot.open() {
                     Some(s) => s,
                     None => {
-                        let sender = self.connect_h2(shared, source, upstream).await?;
+                        let sender = self.connect_h2(transport, source, upstream).await?;
                         *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(sender.clone());
                         sender
@@ -319,11 +304,11 @@ impl UpstreamPool {
 
     async fn connect_h2(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
     ) -> Result<http2::SendRequest<ReqBody>, SendError> {
-        let io = self.connect(shared, source, upstream).await?;
+        let io = self.connect(transport, source, upstream).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -344,11 +329,11 @@ impl UpstreamPool {
     /// A byte stream to the endpoint, the way the L4 path would make it.
     async fn connect(
         &self,
-        shared: &Shared,
+        transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
     ) -> Result<BoxIo, SendError> {
-        let io = connect_stream(shared, source, upstream).await;
+        let io = connect_stream(transport, source, upstream).await;
         match &io {
             Ok(_) => self
                 .stats
@@ -361,55 +346,13 @@ impl UpstreamPool {
 }
 
 async fn connect_stream(
-    shared: &Shared,
+    transport: &Transport,
     source: &Source<'_>,
     upstream: &Upstream,
 ) -> Result<BoxIo, SendError> {
-    let addr = upstream.addr;
-    let io: Box<dyn Io> = match &upstream.via {
-        Via::Direct => {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| SendError::Connect(anyhow::anyhow!("connect to {addr}: timed out")))?
-                .map_err(|e| SendError::Connect(anyhow::anyhow!("connect to {addr}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            shared.tcp_accounting.own_stream(&tcp);
-            Box::new(tcp)
-        }
-        Via::Local => {
-            match inbound::open_local(shared, source.identity, source.peer, source.origin, addr)
-                .await
-            {
-                Ok(tcp) => Box::new(tcp),
-                Err(inbound::Refusal::Denied(d)) => {
-                    return Err(SendError::Refused(format!("{addr}: {d:?}")));
-                }
-                Err(e) => return Err(SendError::Connect(anyhow::anyhow!(e))),
-            }
-        }
-        Via::Tunnel { tunnel, .. } => {
-            match shared
-                .tunnels
-                .open(
-                    source.identity,
-                    *tunnel,
-                    addr,
-                    source.origin,
-                    Baggage::of(source.peer).as_deref(),
-                )
-                .await
-            {
-                Ok(stream) => Box::new(stream),
-                Err(e) => {
-                    return Err(match e.downcast_ref::<ConnectRefused>() {
-                        Some(r) if r.status == StatusCode::FORBIDDEN => {
-                            SendError::Refused(r.to_string())
-                        }
-                        _ => SendError::Connect(e),
-                    });
-                }
-            }
-        }
-    };
-    Ok(TokioIo::new(io))
+    match dial(transport, source, upstream, Some(CONNECT_TIMEOUT)).await {
+        Ok(io) => Ok(TokioIo::new(io)),
+        Err(DialError::Refused(reason)) => Err(SendError::Refused(reason)),
+        Err(DialError::Failed(e)) => Err(SendError::Connect(e)),
+    }
 }

@@ -18,21 +18,8 @@ impl EncodeLabelValue for Value {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Reporter {
-    #[default]
-    Source,
-    Destination,
-}
-
-impl Reporter {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reporter::Source => "source",
-            Reporter::Destination => "destination",
-        }
-    }
-}
+/// `reporter`: which side reports (the data path knows).
+pub use crate::l7::meter::Reporter;
 
 impl EncodeLabelValue for Reporter {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -66,25 +53,8 @@ impl EncodeLabelValue for RequestProtocol {
     }
 }
 
-/// `connection_security_policy`: ztunnel's two values. "mutual_tls" when the agent carried
-/// the connection with verified identities on both ends (the mTLS tunnel, or the in-process
-/// path between two workloads of this node, whose identities the kernel's cgroups vouch
-/// for); "unknown" otherwise.
-#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Security {
-    #[default]
-    Unknown,
-    MutualTls,
-}
-
-impl Security {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::Unknown => "unknown",
-            Security::MutualTls => "mutual_tls",
-        }
-    }
-}
+/// `connection_security_policy`: ztunnel's two values (the data path decides which).
+pub use crate::transport::sink::Security;
 
 impl EncodeLabelValue for Security {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {

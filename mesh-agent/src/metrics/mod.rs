@@ -3,6 +3,7 @@
 //! /metrics and readiness endpoints, the agent's own health metrics gathered at scrape time)
 //! is the `exporter`'s.
 
+pub mod accesslog;
 pub mod bench;
 pub mod http;
 pub mod labels;
@@ -14,7 +15,12 @@ pub mod text;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::TelemetrySettings;
+use mesh_common::SockKey;
+
+use crate::{
+    config::TelemetrySettings,
+    transport::sink::{Annotation, ConnectionSink},
+};
 
 /// The switches of the `telemetry:` section that the data path reads per event.
 #[derive(Debug, Default)]
@@ -64,23 +70,56 @@ impl Switches {
     }
 }
 
-/// Accounts a connection-close event from the kernel: istio_tcp_* and the access log.
-pub fn connection_closed(
-    switches: &Switches,
-    accounting: &tcp::TcpAccounting,
-    istio: &registry::IstioMetrics,
-    access_log: &crate::accesslog::AccessLog,
-    state: &crate::state::State,
-    event: &mesh_common::ConnEvent,
-) {
-    let istio_on = switches.istio_enabled();
-    let access = switches.connection_log_enabled() && crate::accesslog::AccessLog::filter_allows();
-    if !istio_on && !access {
-        return;
+/// Everything telemetry records into: the data path reports to it through the sinks it
+/// implements (`transport::sink::ConnectionSink`, `l7::meter::RequestSink`).
+pub struct Telemetry {
+    /// Whether istio_* and the access log are recorded.
+    pub switches: Switches,
+    /// Which series each kernel-counted connection belongs to.
+    pub tcp: tcp::TcpAccounting,
+    /// Istio's standard metrics (istio_*).
+    pub istio: registry::IstioMetrics,
+    /// Where access-log records go (a bounded queue to the writer thread).
+    pub access_log: accesslog::AccessLog,
+}
+
+impl Telemetry {
+    /// Starts the access-log writer; `agent_cgroup_id` tells the agent's own connections.
+    pub fn start(settings: &TelemetrySettings, agent_cgroup_id: u64) -> anyhow::Result<Telemetry> {
+        Ok(Telemetry {
+            switches: Switches::new(settings),
+            tcp: tcp::TcpAccounting::new(agent_cgroup_id),
+            istio: Default::default(),
+            access_log: accesslog::AccessLog::start(settings.access_log_buffer)?,
+        })
     }
-    accounting.close(istio, state, event, |record| {
-        if access {
-            access_log.connection(record);
+
+    /// Accounts a connection-close event from the kernel: istio_tcp_* and the access log.
+    pub fn connection_closed(&self, state: &crate::state::State, event: &mesh_common::ConnEvent) {
+        let istio_on = self.switches.istio_enabled();
+        let access =
+            self.switches.connection_log_enabled() && accesslog::AccessLog::filter_allows();
+        if !istio_on && !access {
+            return;
         }
-    });
+        self.tcp.close(&self.istio, state, event, |record| {
+            if access {
+                self.access_log.connection(record);
+            }
+        });
+    }
+}
+
+impl ConnectionSink for Telemetry {
+    fn own_socket(&self, cookie: u64) {
+        self.tcp.own_socket(cookie);
+    }
+
+    fn annotate(&self, key: SockKey, annotation: Annotation) {
+        self.tcp.annotate(key, annotation);
+    }
+
+    fn follows_destination_requests(&self) -> bool {
+        self.switches.destination_requests_enabled()
+    }
 }

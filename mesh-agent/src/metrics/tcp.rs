@@ -30,10 +30,11 @@ use std::{
 use mesh_common::{CONN_ACTIVE, CONN_REDIRECTED, ConnEvent, ConnStats, SockKey, is_loopback};
 
 use super::{
-    labels::{Peer, Reporter, RequestProtocol, Security, ServiceRef, TrafficLabels},
+    labels::{Peer, Reporter, RequestProtocol, Security, TrafficLabels},
     records::ConnectionRecord,
     registry::{IstioMetrics, TcpSeries},
 };
+use crate::transport::sink::Annotation;
 use crate::{
     ebpf::{bytes_to_ip, ip_to_bytes},
     state::State,
@@ -44,39 +45,6 @@ use crate::{
 const ANNOTATION_GRACE: Duration = Duration::from_secs(2);
 /// Annotations and own-socket cookies whose connection never showed up are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(300);
-
-/// What the agent knows about a connection that the kernel does not.
-#[derive(Debug, Clone)]
-pub enum Annotation {
-    /// A client socket redirected to the agent: where the agent sent it.
-    Outbound {
-        service: Option<ServiceRef>,
-        destination: Peer,
-        security: Security,
-    },
-    /// A workload's server socket the agent connected to for a client.
-    Inbound { source: Peer, security: Security },
-}
-
-/// The kernel's key of one end of a connection, from that end's point of view.
-pub fn sock_key(local: SocketAddr, remote: SocketAddr, netns_cookie: u64) -> SockKey {
-    let local_ip = ip_to_bytes(local.ip());
-    let remote_ip = ip_to_bytes(remote.ip());
-    // The kernel sets the namespace cookie only for loopback connections (see SockKey).
-    let netns_cookie = if is_loopback(&local_ip) || is_loopback(&remote_ip) {
-        netns_cookie
-    } else {
-        0
-    };
-    SockKey {
-        netns_cookie,
-        local_ip,
-        remote_ip,
-        local_port: local.port(),
-        remote_port: remote.port(),
-        _pad: 0,
-    }
-}
 
 /// Ports the agent listens on, to tell its accepted sockets from a workload's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -177,15 +145,6 @@ impl TcpAccounting {
     /// A socket the agent opened itself (by SO_COOKIE): never application traffic.
     pub fn own_socket(&self, cookie: u64) {
         self.lock().own.insert(cookie, Instant::now());
-    }
-
-    /// Same as [`Self::own_socket`] from the socket itself; a failure to read the cookie only
-    /// costs accuracy, so it is logged at debug.
-    pub fn own_stream(&self, socket: &impl std::os::fd::AsRawFd) {
-        match crate::netns::socket_cookie(socket) {
-            Ok(cookie) => self.own_socket(cookie),
-            Err(e) => tracing::debug!(error = format!("{e:#}"), "no cookie for an agent socket"),
-        }
     }
 
     pub fn tracked(&self) -> usize {
@@ -439,25 +398,7 @@ fn mesh_age(stats: &ConnStats) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_common::{CONN_PASSIVE, v4_mapped};
-
-    #[test]
-    fn sock_key_sets_the_namespace_cookie_only_for_loopback() {
-        let k = sock_key(
-            "10.0.0.1:4000".parse().unwrap(),
-            "10.0.0.2:80".parse().unwrap(),
-            77,
-        );
-        assert_eq!(k.netns_cookie, 0);
-        assert_eq!(k.local_ip, v4_mapped([10, 0, 0, 1]));
-        assert_eq!(k.remote_port, 80);
-        let lo = sock_key(
-            "127.0.0.1:4000".parse().unwrap(),
-            "127.0.0.1:15001".parse().unwrap(),
-            77,
-        );
-        assert_eq!(lo.netns_cookie, 77);
-    }
+    use mesh_common::CONN_PASSIVE;
 
     #[test]
     fn bytes_follow_istio_directions_for_both_ends() {

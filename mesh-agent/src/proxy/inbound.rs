@@ -1,6 +1,7 @@
-//! The inbound side: the mTLS tunnel listener on :15008 and the in-process path for
-//! connections between workloads of this node. Both end in [`open_local`]: authorize the
-//! source identity against the destination workload's policies, then connect to the workload.
+//! The inbound side: the mTLS tunnel listener on :15008. Each CONNECT stream ends in
+//! `transport::local::open_local` (as the in-process path between workloads of this node
+//! does): authorize the source identity against the destination workload's policies, then
+//! connect to the workload.
 //!
 //! The listener accepts only TLS 1.3 with a client certificate that chains to the trust bundle
 //! and carries a SPIFFE ID of our trust domain (see identity::tls). It speaks HTTP/2 and
@@ -8,7 +9,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -18,190 +18,26 @@ use http_body_util::Empty;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
-use std::sync::atomic::AtomicU64;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::ProxyPlane;
 use crate::{
-    identity::{PeerCert, SpiffeId},
-    metrics::{labels::Security, tcp::Annotation},
-    policy::authz,
-    proxy::tunnel,
-    runtime::Shared,
-    state::peers::{Baggage, Peer},
+    identity::PeerCert,
+    state::peers::Baggage,
+    transport::{local::open_local, relay, tunnel},
 };
 
 /// A client that cannot finish the handshake in this time is dropped (slowloris).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Default, Serialize)]
-pub struct InboundStats {
-    /// TCP connections accepted on the tunnel port.
-    pub tls_accepted: AtomicU64,
-    /// Handshakes that failed: wrong or missing certificate, TLS 1.2, plaintext, garbage.
-    pub tls_failed: AtomicU64,
-    /// Tunnel streams (CONNECT requests) received.
-    pub streams: AtomicU64,
-    /// Requests that were not a CONNECT or named no valid target.
-    pub bad_requests: AtomicU64,
-    /// Targets that are not a workload of this node.
-    pub unknown_target: AtomicU64,
-    pub authz_allowed: AtomicU64,
-    pub authz_denied: AtomicU64,
-    /// Connections to the local workload that failed.
-    pub connect_failed: AtomicU64,
-    /// Streams to a port declared http/http2/grpc, served as HTTP (l7::inbound).
-    pub http_streams: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-}
-
-/// Why a connection to a local workload was not made.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    #[error("{0} is not a workload of this node")]
-    UnknownTarget(SocketAddr),
-    #[error("denied by authorization policy ({0:?})")]
-    Denied(authz::Decision),
-    #[error("cannot connect to {0}: {1}")]
-    Connect(SocketAddr, std::io::Error),
-}
-
-impl Refusal {
-    fn status(&self) -> StatusCode {
-        match self {
-            Refusal::UnknownTarget(_) => StatusCode::NOT_FOUND,
-            Refusal::Denied(_) => StatusCode::FORBIDDEN,
-            Refusal::Connect(..) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-/// Authorizes `peer` for `target` and connects to the local workload, telling the kernel the
-/// original client address (`origin`) so that address-based ingress rules judge the client,
-/// not the agent.
-pub async fn open_local(
-    shared: &Shared,
-    peer: &SpiffeId,
-    source: &Peer,
-    origin: IpAddr,
-    target: SocketAddr,
-) -> Result<TcpStream, Refusal> {
-    let stats = &shared.inbound_stats;
-    let state = shared.state();
-    let Some(workload) = state.workload_by_ip(target.ip()) else {
-        stats.unknown_target.fetch_add(1, Ordering::Relaxed);
-        return Err(Refusal::UnknownTarget(target));
-    };
-    let decision = authz::evaluate(
-        &state.config.authorization,
-        workload,
-        &authz::Request {
-            peer,
-            port: target.port(),
-        },
-    );
-    if !decision.allowed() {
-        stats.authz_denied.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%peer, %target, workload = %workload.identity, ?decision, "connection denied");
-        return Err(Refusal::Denied(decision));
-    }
-    stats.authz_allowed.fetch_add(1, Ordering::Relaxed);
-    drop(state);
-    connect_with_origin(shared, origin, target, source)
-        .await
-        .map_err(|e| {
-            stats.connect_failed.fetch_add(1, Ordering::Relaxed);
-            Refusal::Connect(target, e)
-        })
-}
-
-async fn connect_with_origin(
-    shared: &Shared,
-    origin: IpAddr,
-    target: SocketAddr,
-    source: &Peer,
-) -> std::io::Result<TcpStream> {
-    let socket = if target.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
-    // The ingress program finds the origin by (agent port, workload address, workload port),
-    // but binding to port 0 before connect() to learn the port is slow: such a bind cannot
-    // share a port by 4-tuple, so with many sockets in TIME_WAIT each one scans the port
-    // space. Instead the origin goes under the socket's cookie, and sock_ops moves it under
-    // the source port at TCP_CONNECT, after connect() picked the port and before the SYN.
-    let cookie = match crate::netns::socket_cookie(&socket) {
-        Ok(cookie) => Some(cookie),
-        Err(e) => {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "cannot read the socket cookie; the connection's origin is not recorded"
-            );
-            None
-        }
-    };
-    if let Some(cookie) = cookie {
-        shared.tcp_accounting.own_socket(cookie);
-    }
-    if let Some(cookie) = cookie
-        && let Err(e) = shared.maps.register_pending_origin(cookie, origin)
-    {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "cannot record the connection's origin"
-        );
-    }
-    // Start connect() by hand on the non-blocking socket (not TcpSocket::connect, which
-    // consumes the socket): the source port is known as soon as connect() returns
-    // EINPROGRESS, so the entry sock_ops published can be removed also when the connection
-    // then fails.
-    // SAFETY: the fd comes straight from the TcpSocket, which gives up its ownership.
-    let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
-    let std_stream = std::net::TcpStream::from(fd);
-    let started = match nix::sys::socket::connect(
-        std_stream.as_raw_fd(),
-        &nix::sys::socket::SockaddrStorage::from(target),
-    ) {
-        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
-        Err(e) => Err(std::io::Error::from(e)),
-    };
-    let local = std_stream.local_addr().ok();
-    let port = local.map(|a| a.port()).unwrap_or(0);
-    if let Some(local) = local {
-        // The workload's end of this connection, as the kernel keys it: who the client is.
-        let netns = crate::netns::netns_cookie(&std_stream).unwrap_or(0);
-        shared.tcp_accounting.annotate(
-            crate::metrics::tcp::sock_key(target, local, netns),
-            Annotation::Inbound {
-                source: source.clone(),
-                security: Security::MutualTls,
-            },
-        );
-    }
-    let result = match started {
-        Ok(()) => finish_connect(std_stream).await,
-        Err(e) => Err(e),
-    };
-    if let Some(cookie) = cookie {
-        shared.maps.remove_pending_origin(cookie);
-    }
-    if port != 0 {
-        shared.maps.remove_agent_origin(port, target);
-    }
-    result
-}
-
-/// Waits for a non-blocking connect() to complete, as TcpSocket::connect does.
-async fn finish_connect(std_stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
-    let stream = TcpStream::from_std(std_stream)?;
-    stream.writable().await?;
-    if let Some(e) = stream.take_error()? {
-        return Err(e);
-    }
-    Ok(stream)
+/// An accepted tunnel session, as shown on /tunnels.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundSession {
+    pub peer_address: SocketAddr,
+    pub peer: String,
+    pub peer_serial: String,
+    pub accepted_unix: u64,
 }
 
 /// Binds the tunnel listener on the node's address when it is configured (peers dial exactly
@@ -223,7 +59,7 @@ pub fn bind(address: Option<IpAddr>, port: u16) -> Result<std::net::TcpListener>
 pub fn spawn_listener(
     listener: std::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    shared: Arc<Shared>,
+    plane: Arc<ProxyPlane>,
 ) -> Result<()> {
     let listener = TcpListener::from_std(listener).context("register tunnel listener")?;
     let acceptor = TlsAcceptor::from(tls);
@@ -236,14 +72,15 @@ pub fn spawn_listener(
                     continue;
                 }
             };
-            shared
+            plane
+                .transport
                 .inbound_stats
                 .tls_accepted
                 .fetch_add(1, Ordering::Relaxed);
-            let shared = shared.clone();
+            let plane = plane.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                serve_session(tcp, peer, acceptor, shared).await;
+                serve_session(tcp, peer, acceptor, plane).await;
             });
         }
     });
@@ -254,13 +91,14 @@ async fn serve_session(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
+    plane: Arc<ProxyPlane>,
 ) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            shared
+            plane
+                .transport
                 .inbound_stats
                 .tls_failed
                 .fetch_add(1, Ordering::Relaxed);
@@ -268,7 +106,8 @@ async fn serve_session(
             return;
         }
         Err(_) => {
-            shared
+            plane
+                .transport
                 .inbound_stats
                 .tls_failed
                 .fetch_add(1, Ordering::Relaxed);
@@ -278,7 +117,8 @@ async fn serve_session(
     };
     let Some(cert) = crate::identity::tls::peer_identity(tls.get_ref().1) else {
         // The verifier already demands a SPIFFE ID; this is a second line of defence.
-        shared
+        plane
+            .transport
             .inbound_stats
             .tls_failed
             .fetch_add(1, Ordering::Relaxed);
@@ -288,13 +128,13 @@ async fn serve_session(
     tracing::debug!(%peer, id = %cert.id, serial = %cert.serial, "tunnel session accepted");
     // The dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    shared.record_inbound_session(peer, &cert);
+    plane.record_inbound_session(peer, &cert);
     let cert = Arc::new(cert);
-    let service_shared = shared.clone();
+    let service_plane = plane.clone();
     let service = hyper::service::service_fn(move |req| {
-        let shared = service_shared.clone();
+        let plane = service_plane.clone();
         let cert = cert.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, &cert, shared).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, &cert, plane).await) }
     });
     let result = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(tunnel::STREAM_WINDOW)
@@ -321,9 +161,10 @@ async fn handle_stream(
     mut req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
     cert: &PeerCert,
-    shared: Arc<Shared>,
+    plane: Arc<ProxyPlane>,
 ) -> Response<Empty<Bytes>> {
-    let stats = &shared.inbound_stats;
+    let transport = plane.transport.clone();
+    let stats = &transport.inbound_stats;
     stats.streams.fetch_add(1, Ordering::Relaxed);
     if req.method() != Method::CONNECT {
         stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +186,7 @@ async fn handle_stream(
         .and_then(tunnel::parse_forwarded_for)
         .unwrap_or(peer.ip());
     let source = {
-        let state = shared.state();
+        let state = transport.state();
         match req
             .headers()
             .get(tunnel::BAGGAGE_HEADER)
@@ -356,13 +197,13 @@ async fn handle_stream(
         }
     };
     // The client's agent labels its side of the metrics with the workload it reached.
-    let workload: Option<http::HeaderValue> = shared
+    let workload: Option<http::HeaderValue> = transport
         .state()
         .peers
         .by_ip(target.ip())
         .and_then(Baggage::of)
         .and_then(|b| b.parse().ok());
-    let upstream = match open_local(&shared, &cert.id, &source, origin, target).await {
+    let upstream = match open_local(&transport, &cert.id, &source, origin, target).await {
         Ok(s) => s,
         Err(refusal) => {
             tracing::info!(%peer, id = %cert.id, %target, reason = %refusal, "tunnel stream refused");
@@ -372,8 +213,8 @@ async fn handle_stream(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = cert.id.clone();
     // Declared HTTP ports: requests are served (and reported as the destination) one by one.
-    let served = if shared.telemetry.destination_requests_enabled() {
-        crate::l7::inbound::served_as(&shared.state().config, target)
+    let served = if transport.sink.follows_destination_requests() {
+        crate::l7::inbound::served_as(&transport.state().config, target)
     } else {
         None
     };
@@ -386,13 +227,15 @@ async fn handle_stream(
             }
         };
         if let Some(served) = served {
-            shared
+            transport
                 .inbound_stats
                 .http_streams
                 .fetch_add(1, Ordering::Relaxed);
+            let source = Arc::new(source);
             let delivery = crate::l7::inbound::Delivery {
-                shared: shared.clone(),
-                source: Arc::new(source),
+                requests: plane.http.recorder(source.clone()),
+                transport: transport.clone(),
+                source,
                 identity: id,
                 origin,
                 target,
@@ -401,13 +244,13 @@ async fn handle_stream(
             let tunnel = TokioIo::new(upgraded);
             return crate::l7::inbound::serve(tunnel, upstream, delivery, served).await;
         }
-        match super::relay(TokioIo::new(upgraded), upstream).await {
+        match relay(TokioIo::new(upgraded), upstream).await {
             Ok((up, down)) => {
-                shared
+                transport
                     .inbound_stats
                     .bytes_in
                     .fetch_add(up, Ordering::Relaxed);
-                shared
+                transport
                     .inbound_stats
                     .bytes_out
                     .fetch_add(down, Ordering::Relaxed);

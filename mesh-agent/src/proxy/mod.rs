@@ -1,22 +1,67 @@
-//! Userspace data path: the outbound listener for redirected connections, the inbound mTLS
-//! tunnel listener, and the tunnel client pool between them.
+//! The agent's listeners and what they do with each connection: the outbound listener takes
+//! the connections connect4/6 redirected and relays them (L4) or hands them to the L7 path;
+//! the inbound listener serves the mTLS tunnel from other nodes' agents and delivers its
+//! streams to this node's workloads (L4, or through the L7 destination passes).
 
 pub mod inbound;
 pub mod outbound;
-pub mod tunnel;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
-/// Relay buffer per direction: large enough that a bulk transfer is not syscall-bound.
-pub const RELAY_BUFFER: usize = 256 * 1024;
+use crate::{identity::PeerCert, l7::HttpPlane, transport::Transport};
 
-/// Copies both ways until both sides have finished; (a→b, b→a) bytes. copy_bidirectional
-/// shuts down each write side when the other side's read ends, which is exactly TCP
-/// half-close semantics (and END_STREAM on a tunnel stream).
-pub async fn relay<A, B>(mut a: A, mut b: B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUFFER, RELAY_BUFFER).await
+/// How many accepted tunnel sessions /tunnels remembers.
+const RECENT_INBOUND_SESSIONS: usize = 256;
+
+/// What the listeners share: the transport and the L7 path they hand connections to, and
+/// their own counters.
+pub struct ProxyPlane {
+    pub transport: Arc<Transport>,
+    pub http: Arc<HttpPlane>,
+    pub stats: outbound::ProxyStats,
+    inbound_sessions: Mutex<VecDeque<inbound::InboundSession>>,
+}
+
+impl ProxyPlane {
+    pub fn new(transport: Arc<Transport>, http: Arc<HttpPlane>) -> ProxyPlane {
+        ProxyPlane {
+            transport,
+            http,
+            stats: Default::default(),
+            inbound_sessions: Default::default(),
+        }
+    }
+
+    pub fn record_inbound_session(&self, peer_address: SocketAddr, cert: &PeerCert) {
+        let mut recent = self
+            .inbound_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_INBOUND_SESSIONS {
+            recent.pop_front();
+        }
+        recent.push_back(inbound::InboundSession {
+            peer_address,
+            peer: cert.id.to_string(),
+            peer_serial: cert.serial.clone(),
+            accepted_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        });
+    }
+
+    /// The tunnel sessions accepted lately (for /tunnels).
+    pub fn inbound_sessions(&self) -> Vec<inbound::InboundSession> {
+        self.inbound_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }

@@ -3,13 +3,18 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context, Result, anyhow};
 use mesh_common::ClientKey;
+use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::ProxyPlane;
 use crate::{
     config::{PortProtocol, Protocol},
     ebpf::{bytes_to_ip, ip_to_bytes},
@@ -18,21 +23,31 @@ use crate::{
         detect::{self, Detected},
         stats::HttpStats,
     },
-    metrics::{labels::Security, tcp::Annotation},
-    proxy::inbound,
-    runtime::Shared,
-    state::{
-        Via,
-        peers::{Baggage, Peer},
+    state::{Via, peers::Peer},
+    transport::{
+        Transport,
+        dial::{Source, dial},
+        relay,
+        sink::{Annotation, Security, sock_key},
     },
 };
+
+/// What the outbound listeners counted (for /stats).
+#[derive(Default, Serialize)]
+pub struct ProxyStats {
+    pub accepted: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
 
 /// One accept loop per listener (one listener per enrolled network namespace).
 /// Serves redirected connections on `listener`; aborting the returned task closes it.
 pub fn spawn_listener(
     listener: std::net::TcpListener,
     netns_cookie: u64,
-    shared: Arc<Shared>,
+    plane: Arc<ProxyPlane>,
 ) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let listener = match TcpListener::from_std(listener) {
@@ -50,11 +65,11 @@ pub fn spawn_listener(
                     continue;
                 }
             };
-            shared.proxy_stats.accepted.fetch_add(1, Ordering::Relaxed);
-            let shared = shared.clone();
+            plane.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let plane = plane.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(client, peer, netns_cookie, shared.clone()).await {
-                    shared.proxy_stats.failed.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = handle(client, peer, netns_cookie, &plane).await {
+                    plane.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%peer, error = format!("{e:#}"), "outbound connection failed");
                 }
             });
@@ -67,8 +82,9 @@ async fn handle(
     client: TcpStream,
     peer: SocketAddr,
     netns_cookie: u64,
-    shared: Arc<Shared>,
+    plane: &ProxyPlane,
 ) -> Result<()> {
+    let transport = &*plane.transport;
     let key = ClientKey {
         netns_cookie,
         ip: ip_to_bytes(peer.ip()),
@@ -77,12 +93,12 @@ async fn handle(
     };
     // Without a record the connection was not redirected by us (someone dialled :15001
     // directly); there is nowhere meaningful to send it.
-    let orig = shared
+    let orig = transport
         .maps
         .take_orig_dst(&key)
         .ok_or_else(|| anyhow!("no original destination recorded for {peer}"))?;
     let original = SocketAddr::new(bytes_to_ip(orig.ip), orig.port);
-    let state = shared.state();
+    let state = transport.state();
     let destination = state
         .destination(original)
         .ok_or_else(|| anyhow!("{original} is no longer a meshed destination"))?;
@@ -101,7 +117,7 @@ async fn handle(
     // The client's socket as the kernel keys it, for the annotation of its metrics.
     let client_key = client
         .local_addr()
-        .map(|listener| crate::metrics::tcp::sock_key(peer, listener, netns_cookie))
+        .map(|listener| sock_key(peer, listener, netns_cookie))
         .ok();
     let l7 = destination
         .l7
@@ -115,7 +131,7 @@ async fn handle(
             PortProtocol::Declared(Protocol::Http2 | Protocol::Grpc) => Some(Some(true)),
             PortProtocol::Detect => {
                 let detected = detect::sniff(&client, detection_timeout).await;
-                let stats = &shared.http_stats;
+                let stats = &plane.http.stats;
                 if detected == Detected::Tcp {
                     HttpStats::bump(&stats.detected_tcp);
                     None
@@ -133,7 +149,7 @@ async fn handle(
                     .as_ref()
                     .map(|p| state.peers.service(&p.service.name, &p.service.namespace));
                 // Requests pick their own endpoints: the connection names only the service.
-                shared.tcp_accounting.annotate(
+                transport.sink.annotate(
                     key,
                     Annotation::Outbound {
                         service,
@@ -143,14 +159,14 @@ async fn handle(
                 );
             }
             let connection = l7::proxy::Connection {
-                shared: shared.clone(),
+                http: plane.http.clone(),
+                requests: plane.http.recorder(source_peer.clone()),
                 source: source_peer.clone(),
                 origin: state.origin_address(source, original.is_ipv6()),
                 identity,
                 original,
                 peer,
                 upstream_h2,
-                series: Default::default(),
             };
             drop(state);
             tracing::debug!(%peer, %original, "serving HTTP");
@@ -170,20 +186,22 @@ async fn handle(
         .as_ref()
         .map(|p| state.peers.service(&p.service.name, &p.service.namespace))
         .or_else(|| state.peers.service_of_endpoint(upstream.addr).cloned());
-    let annotate = |shared: &Shared| {
+    let annotate = |transport: &Transport| {
         let Some(key) = client_key else {
             return;
         };
-        let destination = shared
+        let destination = transport
             .state()
             .peers
-            .endpoint_workload(upstream.addr.ip(), |ip| shared.tunnels.remote_workload(ip))
+            .endpoint_workload(upstream.addr.ip(), |ip| {
+                transport.tunnels.remote_workload(ip)
+            })
             .unwrap_or_default();
         let security = match upstream.via {
             Via::Direct => Security::Unknown,
             Via::Local | Via::Tunnel { .. } => Security::MutualTls,
         };
-        shared.tcp_accounting.annotate(
+        transport.sink.annotate(
             key,
             Annotation::Outbound {
                 service: labelled_service.clone(),
@@ -193,70 +211,36 @@ async fn handle(
         );
     };
     drop(state);
-    annotate(&shared);
+    annotate(transport);
     tracing::debug!(%peer, %original, upstream = %upstream.addr, via = ?upstream.via, %identity, %service, "relaying");
-    let shared = &*shared;
 
-    let result = match &upstream.via {
-        Via::Direct => {
-            let stream = TcpStream::connect(upstream.addr)
-                .await
-                .with_context(|| format!("connect to {} for {original}", upstream.addr));
-            match stream {
-                Ok(s) => {
-                    s.set_nodelay(true)?;
-                    shared.tcp_accounting.own_stream(&s);
-                    count_forwarded(shared);
-                    super::relay(client, s).await
-                }
-                Err(e) => return refuse(client, e),
-            }
-        }
-        Via::Local => {
-            match inbound::open_local(shared, &identity, &source_peer, origin, upstream.addr).await
-            {
-                Ok(s) => {
-                    count_forwarded(shared);
-                    super::relay(client, s).await
-                }
-                Err(e) => return refuse(client, anyhow!(e)),
-            }
-        }
-        Via::Tunnel { node, tunnel } => {
-            match shared
-                .tunnels
-                .open(
-                    &identity,
-                    *tunnel,
-                    upstream.addr,
-                    origin,
-                    Baggage::of(&source_peer).as_deref(),
-                )
-                .await
-                .with_context(|| format!("tunnel to {} on {node}", upstream.addr))
-            {
-                Ok(s) => {
-                    // The endpoint's agent has now said which workload it is.
-                    annotate(shared);
-                    count_forwarded(shared);
-                    super::relay(client, s).await
-                }
-                Err(e) => return refuse(client, e),
-            }
+    let source = Source {
+        identity: &identity,
+        origin,
+        peer: &source_peer,
+    };
+    // The kernel's SYN retries bound a direct connect, as they would without the mesh.
+    let stream = match dial(transport, &source, &upstream, None).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            return refuse(
+                client,
+                anyhow!(e).context(format!("connect to {} for {original}", upstream.addr)),
+            );
         }
     };
-    let (up, down) = result.with_context(|| format!("relay {peer} <-> {}", upstream.addr))?;
-    shared.proxy_stats.bytes_up.fetch_add(up, Ordering::Relaxed);
-    shared
-        .proxy_stats
-        .bytes_down
-        .fetch_add(down, Ordering::Relaxed);
+    if matches!(upstream.via, Via::Tunnel { .. }) {
+        // The endpoint's agent has now said which workload it is.
+        annotate(transport);
+    }
+    plane.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let (up, down) = relay(client, stream)
+        .await
+        .with_context(|| format!("relay {peer} <-> {}", upstream.addr))?;
+    plane.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
+    plane.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
     tracing::debug!(%peer, upstream = %upstream.addr, up, down, "relay done");
     Ok(())
-}
-
-fn count_forwarded(shared: &Shared) {
-    shared.proxy_stats.forwarded.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The application already has an established connection (to us); a reset tells it the

@@ -76,11 +76,12 @@ pub(super) fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
     }
     let ids = state.local_identities();
     shared
+        .transport
         .identity
         .ensure(&ids)
         .context("cannot issue certificates for the new workloads")?;
-    shared.tunnels.prepare(&ids)?;
-    let opened = super::open_missing_listeners(shared, &state)?;
+    shared.transport.tunnels.prepare(&ids)?;
+    let opened = crate::agent::open_missing_listeners(shared, &state)?;
     let summary = format!(
         "{} workloads, {} services, {} policies, {} new outbound listeners",
         state.workloads.len(),
@@ -97,6 +98,7 @@ pub(super) fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
     // redirecting to them before their sockets close.
     let closing = shared.take_unwanted_listeners(&state)?;
     let synced = shared
+        .transport
         .maps
         .sync(state.kernel_maps(), &shared.listener_cookies())
         .context("cannot write the new model into the kernel maps");
@@ -106,14 +108,14 @@ pub(super) fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
     }
     synced?;
     if authorization_changed {
-        let dropped = shared.upstreams.clear();
+        let dropped = shared.http.upstreams.clear();
         tracing::debug!(
             dropped,
             "authorization changed: pooled upstream connections dropped"
         );
     }
-    shared.telemetry.apply(&telemetry);
-    shared.identity.retain(&ids);
+    shared.telemetry.switches.apply(&telemetry);
+    shared.transport.identity.retain(&ids);
     Ok(format!(
         "{summary}, {} outbound listeners closed, {dropped} metric label sets dropped",
         closing.len()

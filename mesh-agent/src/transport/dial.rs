@@ -1,0 +1,102 @@
+//! Opening a byte stream to an endpoint the way its `Via` says: plain TCP to an endpoint
+//! outside the mesh, the in-process delivery to a workload of this node, or a stream of the
+//! mTLS tunnel to the agent of the endpoint's node. The L4 relay and the L7 upstream pool
+//! both open their connections here.
+
+use std::{net::IpAddr, time::Duration};
+
+use hyper::StatusCode;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use super::{
+    Transport,
+    local::{Refusal, open_local},
+    tunnel::ConnectRefused,
+};
+use crate::{
+    identity::SpiffeId,
+    routing::{Upstream, Via},
+    state::peers::{Baggage, Peer},
+};
+
+/// Anything a connection to an endpoint can be.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Who is sending, from where.
+pub struct Source<'a> {
+    pub identity: &'a SpiffeId,
+    /// The client's address, for the destination's address-based ingress rules.
+    pub origin: IpAddr,
+    /// The client workload, for the destination's metrics.
+    pub peer: &'a Peer,
+}
+
+/// Why no stream was opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The destination refused by policy (this node's, or 403 from the destination agent).
+    #[error("{0}")]
+    Refused(String),
+    /// The endpoint (or its agent) could not be reached.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+/// Opens a stream to `upstream` for `source`. `direct_timeout` bounds the TCP connect to an
+/// endpoint outside the mesh (None: the kernel's own SYN retries bound it); the tunnel's
+/// session and stream set-up have their own bounds.
+pub async fn dial(
+    transport: &Transport,
+    source: &Source<'_>,
+    upstream: &Upstream,
+    direct_timeout: Option<Duration>,
+) -> Result<Box<dyn Io>, DialError> {
+    let addr = upstream.addr;
+    match &upstream.via {
+        Via::Direct => {
+            let connect = TcpStream::connect(addr);
+            let tcp = match direct_timeout {
+                Some(limit) => tokio::time::timeout(limit, connect).await.map_err(|_| {
+                    DialError::Failed(anyhow::anyhow!("connect to {addr}: timed out"))
+                })?,
+                None => connect.await,
+            }
+            .map_err(|e| DialError::Failed(anyhow::anyhow!("connect to {addr}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            transport.own_stream(&tcp);
+            Ok(Box::new(tcp))
+        }
+        Via::Local => {
+            match open_local(transport, source.identity, source.peer, source.origin, addr).await {
+                Ok(tcp) => Ok(Box::new(tcp)),
+                Err(Refusal::Denied(d)) => Err(DialError::Refused(format!("{addr}: {d:?}"))),
+                Err(e) => Err(DialError::Failed(anyhow::anyhow!(e))),
+            }
+        }
+        Via::Tunnel { node, tunnel } => {
+            let opened = transport
+                .tunnels
+                .open(
+                    source.identity,
+                    *tunnel,
+                    addr,
+                    source.origin,
+                    Baggage::of(source.peer).as_deref(),
+                )
+                .await;
+            match opened {
+                Ok(stream) => Ok(Box::new(stream)),
+                Err(e) => Err(match e.downcast_ref::<ConnectRefused>() {
+                    Some(r) if r.status == StatusCode::FORBIDDEN => {
+                        DialError::Refused(r.to_string())
+                    }
+                    _ => DialError::Failed(e.context(format!("tunnel to {addr} on {node}"))),
+                }),
+            }
+        }
+    }
+}

@@ -143,6 +143,87 @@ pub fn run(workspace: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Imports planted into a copy of the agent's sources by [`planted_breaks_are_flagged`]: an
+/// upward import (the data path reaching for the agent's wiring) and an arrow that closes a
+/// circle between two modules of one layer. (file, line appended, from, to).
+const PLANTED: &[(&str, &str, &str, &str)] = &[
+    (
+        "transport/relay.rs",
+        "#[allow(unused_imports)]\nuse crate::agent::Shared;\n",
+        "transport::relay",
+        "agent",
+    ),
+    (
+        "l7/meter.rs",
+        "#[allow(unused_imports)]\nuse crate::proxy::ProxyPlane;\n",
+        "l7::meter",
+        "proxy",
+    ),
+];
+
+/// The check's self-test on the real tree, for `cargo xtask test`: a copy of mesh-agent's
+/// sources with [`PLANTED`] imports added must fail, naming the upward import and the circle.
+/// A check that passes this tree and also passes the planted copy checks nothing.
+pub fn planted_breaks_are_flagged(workspace: &Path) -> Result<()> {
+    let src = workspace.join("mesh-agent/src");
+    let copy = tempfile::tempdir().context("cannot make a directory for the planted copy")?;
+    copy_tree(&src, copy.path())?;
+    for (file, text, _, _) in PLANTED {
+        let path = copy.path().join(file);
+        let mut body = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        body.push_str(text);
+        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let report = check(&copy.path().join("lib.rs"))?;
+    println!("layers self-test: a copy of mesh-agent/src with planted imports must fail:");
+    for line in report.render(copy.path()).lines() {
+        println!("  | {line}");
+    }
+    let (_, _, upward_from, upward_to) = PLANTED[0];
+    if !report
+        .upward
+        .iter()
+        .any(|(i, _, _)| is_import(i, upward_from, upward_to))
+    {
+        bail!("the planted upward import {upward_from} -> {upward_to} was not reported");
+    }
+    let (_, _, circle_from, circle_to) = PLANTED[1];
+    if !report
+        .circles
+        .iter()
+        .any(|(_, _, arrows)| arrows.iter().any(|i| is_import(i, circle_from, circle_to)))
+    {
+        bail!("the circle closed by {circle_from} -> {circle_to} was not reported");
+    }
+    if report.ok() {
+        bail!("the planted copy passed the layering check");
+    }
+    println!("layers: the planted upward import and circle are reported");
+    Ok(())
+}
+
+fn is_import(i: &Import, from: &str, to: &str) -> bool {
+    i.from.join("::") == from && i.to.join("::") == to
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?
+    {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Where a module's child files are.
 #[derive(Clone)]
 struct ModDir(PathBuf);
@@ -582,6 +663,14 @@ mod tests {
         }
         let lib = dir.path().join("lib.rs");
         (dir, lib)
+    }
+
+    #[test]
+    fn the_agent_passes_and_its_planted_copy_fails() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let report = check(&workspace.join("mesh-agent/src/lib.rs")).unwrap();
+        assert!(report.ok(), "{}", report.render(workspace));
+        planted_breaks_are_flagged(workspace).unwrap();
     }
 
     #[test]

@@ -107,7 +107,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { agent_only: false } => tasks::build(&workspace).map(drop),
         Command::Build { agent_only: true } => tasks::build_agent(&workspace).map(drop),
         Command::Test => tasks::test(&workspace),
-        Command::Layers => layers::run(&workspace),
+        Command::Layers => {
+            layers::run(&workspace).and_then(|()| layers::planted_breaks_are_flagged(&workspace))
+        }
         Command::Fuzz { seconds } => fuzz::run(&workspace, seconds),
         Command::Demo => {
             tasks::build(&workspace)?;

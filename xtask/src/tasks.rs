@@ -39,7 +39,8 @@ pub fn build_agent(workspace: &Path) -> Result<PathBuf> {
     Ok(agent)
 }
 
-/// Setup, build, tests, clippy, rustfmt, a short fuzz run and the bench guard's self-check.
+/// Setup, build, the layering check (and its self-test), tests, clippy, rustfmt, a short fuzz
+/// run and the bench guard's self-check.
 /// Runs every step after a successful build and fails naming the steps that failed.
 pub fn test(workspace: &Path) -> Result<()> {
     setup::run(workspace, setup::Scope::Full)?;
@@ -80,6 +81,14 @@ pub fn test(workspace: &Path) -> Result<()> {
         ),
     ];
     let mut failed = Vec::new();
+    // The layering of the agent's imports, and the check's own self-test on a planted copy.
+    eprintln!("xtask test: step `layers`");
+    let layers = crate::layers::run(workspace)
+        .and_then(|()| crate::layers::planted_breaks_are_flagged(workspace));
+    if let Err(e) = layers {
+        eprintln!("xtask test: step `layers` failed: {e:#}");
+        failed.push("layers");
+    }
     for (name, step) in steps {
         eprintln!("xtask test: step `{name}`");
         if let Err(e) = step.run() {
@@ -97,7 +106,7 @@ pub fn test(workspace: &Path) -> Result<()> {
     if !failed.is_empty() {
         bail!("xtask test: failed step(s): {}", failed.join(", "));
     }
-    println!("xtask test: ok (build, test, clippy, fmt, fuzz, bench-guard)");
+    println!("xtask test: ok (build, layers, test, clippy, fmt, fuzz, bench-guard)");
     Ok(())
 }
 

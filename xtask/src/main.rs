@@ -1,5 +1,6 @@
 //! Developer tasks for the mesh workspace: `cargo xtask <setup|build|test|demo|bench>`.
 
+mod architecture;
 mod bench;
 mod cmd;
 mod demo;
@@ -48,6 +49,8 @@ enum Command {
     /// Check that mesh-agent's imports only point down its layers and form no circle (see
     /// ARCHITECTURE.md); lists every upward import and circle with its file and line.
     Layers,
+    /// Check that every module, type and function ARCHITECTURE.md names exists.
+    Architecture,
     /// Run the L7 request-path fuzz target (cargo-fuzz) for a while.
     Fuzz {
         /// How long to fuzz.
@@ -107,6 +110,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { agent_only: false } => tasks::build(&workspace).map(drop),
         Command::Build { agent_only: true } => tasks::build_agent(&workspace).map(drop),
         Command::Test => tasks::test(&workspace),
+        Command::Architecture => architecture::run(&workspace),
         Command::Layers => {
             layers::run(&workspace).and_then(|()| layers::planted_breaks_are_flagged(&workspace))
         }

@@ -81,10 +81,12 @@ pub fn test(workspace: &Path) -> Result<()> {
         ),
     ];
     let mut failed = Vec::new();
-    // The layering of the agent's imports, and the check's own self-test on a planted copy.
+    // The layering of the agent's imports, the check's own self-test on a planted copy, and
+    // the map (ARCHITECTURE.md) naming only what exists.
     eprintln!("xtask test: step `layers`");
     let layers = crate::layers::run(workspace)
-        .and_then(|()| crate::layers::planted_breaks_are_flagged(workspace));
+        .and_then(|()| crate::layers::planted_breaks_are_flagged(workspace))
+        .and_then(|()| crate::architecture::run(workspace));
     if let Err(e) = layers {
         eprintln!("xtask test: step `layers` failed: {e:#}");
         failed.push("layers");

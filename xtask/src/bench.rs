@@ -1,5 +1,6 @@
 //! `cargo xtask bench <suite>`: performance comparisons on simulated nodes.
 
+mod agents;
 mod compare;
 mod config;
 

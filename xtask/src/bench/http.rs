@@ -42,11 +42,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+
+use super::agents::BenchAgents;
 use mesh_tests::mesh::{Mesh, MeshSpec, ServiceSpec};
 use mesh_tests::sim::Proc;
 use serde_json::{Value, json};
 
-use super::{cgroup_cpu_seconds, median, round3};
+use super::{median, round3};
 
 mod telemetry;
 pub use telemetry::run as run_telemetry;
@@ -366,8 +368,7 @@ fn loadavg() -> String {
 
 struct Bench {
     mesh: Mesh,
-    spec: MeshSpec,
-    agents_up: bool,
+    agents: BenchAgents,
     /// The route check ran once.
     routes_checked: bool,
     _server: Proc,
@@ -423,8 +424,7 @@ impl Bench {
         };
         Ok(Bench {
             mesh,
-            spec,
-            agents_up: false,
+            agents: BenchAgents::new(spec, SETTLE),
             routes_checked: false,
             _server: server,
         })
@@ -443,7 +443,7 @@ impl Bench {
             .with_context(|| format!("{test} {scenario}, round {round}"));
         let values = values.map_err(|e| {
             eprintln!();
-            self.with_agent_logs(e)
+            self.agents.with_logs(&self.mesh, e)
         })?;
         for (metric, value) in &values {
             eprint!(" {metric}={value:.2}");
@@ -468,32 +468,18 @@ impl Bench {
         Ok(samples)
     }
 
-    /// A failed mesh run is most likely an agent bug: the end of both agents' logs says more.
-    fn with_agent_logs(&self, e: anyhow::Error) -> anyhow::Error {
-        if !self.agents_up {
-            return e;
-        }
-        let mut logs = String::new();
-        for node in ["node1", "node2"] {
-            let all = self.mesh.agent_logs(node);
-            let lines: Vec<&str> = all.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            logs += &format!("\n--- agent on {node}, last 40 lines ---\n{tail}");
-        }
-        e.context(format!("agent logs:{logs}"))
-    }
-
     fn run_scenario(&mut self, scenario: Scenario, test: Test) -> Result<Vec<(String, f64)>> {
-        self.set_agents(scenario == Scenario::Mesh)?;
+        self.agents
+            .set(&mut self.mesh, scenario == Scenario::Mesh)?;
         if scenario == Scenario::Mesh && !self.routes_checked {
             self.check_routes()?;
             self.routes_checked = true;
         }
         let before = self.counters()?;
-        let cpu_before = self.agents_cpu_seconds()?;
+        let cpu_before = self.agents.cpu_seconds(&self.mesh)?;
         let url = format!("http://{}{BENCH_PATH}", self.target(scenario, test.proto));
         let run = self.h2load(test, &url)?;
-        let cpu_after = self.agents_cpu_seconds()?;
+        let cpu_after = self.agents.cpu_seconds(&self.mesh)?;
         let after = self.counters()?;
         check_path(before, after, run.requests).map_err(|e| {
             // What the agents said about the run (statuses, timeouts, ejections, tunnel
@@ -644,28 +630,12 @@ impl Bench {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts or stops both agents.
-    fn set_agents(&mut self, up: bool) -> Result<()> {
-        if up == self.agents_up {
-            return Ok(());
-        }
-        super::set_agents(&mut self.mesh, &self.spec, up)?;
-        self.agents_up = up;
-        std::thread::sleep(SETTLE);
-        Ok(())
-    }
-
     /// `None` without agents.
     fn counters(&self) -> Result<Option<Counters>> {
-        if !self.agents_up {
+        let Some(stats) = self.agents.node1_stats(&self.mesh)? else {
             return Ok(None);
-        }
-        let stats = self.mesh.admin("node1", "/stats")?;
-        let get = |section: &str, field: &str| {
-            stats[section][field]
-                .as_u64()
-                .with_context(|| format!("/stats has no {section}.{field}: {stats}"))
         };
+        let get = |section, field| stats.get(section, field);
         Ok(Some(Counters {
             accepted: get("proxy", "accepted")?,
             streams: get("tunnel", "streams_opened")?,
@@ -673,18 +643,6 @@ impl Bench {
             responses_2xx: get("http", "responses_2xx")?,
             local_replies: get("http", "local_replies")?,
         }))
-    }
-
-    /// Sum of both agents' CPU seconds so far; `None` without agents.
-    fn agents_cpu_seconds(&self) -> Result<Option<f64>> {
-        if !self.agents_up {
-            return Ok(None);
-        }
-        let mut total = 0.0;
-        for node in ["node1", "node2"] {
-            total += cgroup_cpu_seconds(&self.mesh.sim.node(node).agent_cgroup)?;
-        }
-        Ok(Some(total))
     }
 }
 

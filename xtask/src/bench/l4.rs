@@ -27,6 +27,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context, Result, bail, ensure};
+
+use super::agents::BenchAgents;
 use mesh_tests::mesh::{Mesh, MeshSpec};
 use mesh_tests::sim::Proc;
 use serde_json::json;
@@ -183,8 +185,7 @@ pub fn run(json: bool) -> Result<()> {
 
 struct Bench {
     mesh: Mesh,
-    spec: MeshSpec,
-    agents_up: bool,
+    agents: BenchAgents,
     /// Kept only to be dropped (killed) with the bench; the sim would kill them anyway.
     _servers: Vec<Proc>,
 }
@@ -207,8 +208,7 @@ impl Bench {
         };
         Ok(Bench {
             mesh,
-            spec,
-            agents_up: false,
+            agents: BenchAgents::new(spec, std::time::Duration::ZERO),
             _servers: servers,
         })
     }
@@ -234,7 +234,8 @@ impl Bench {
     }
 
     fn run_scenario(&mut self, scenario: Scenario, test: Test) -> Result<Vec<(&'static str, f64)>> {
-        self.set_agents(scenario != Scenario::Direct)?;
+        self.agents
+            .set(&mut self.mesh, scenario != Scenario::Direct)?;
         let before = self.proxied()?;
         let values = self.probe(test, self.target(scenario, test))?;
         let after = self.proxied()?;
@@ -254,28 +255,13 @@ impl Bench {
         }
     }
 
-    /// Starts or stops both agents; stopping detaches every program of the node.
-    fn set_agents(&mut self, up: bool) -> Result<()> {
-        if up == self.agents_up {
-            return Ok(());
-        }
-        super::set_agents(&mut self.mesh, &self.spec, up)?;
-        self.agents_up = up;
-        Ok(())
-    }
-
     /// Connections node1's agent has accepted and tunnel streams it has opened so far;
     /// `None` without agents.
     fn proxied(&self) -> Result<Option<Proxied>> {
-        if !self.agents_up {
+        let Some(stats) = self.agents.node1_stats(&self.mesh)? else {
             return Ok(None);
-        }
-        let stats = self.mesh.admin("node1", "/stats")?;
-        let get = |section: &str, field: &str| {
-            stats[section][field]
-                .as_u64()
-                .with_context(|| format!("/stats has no {section}.{field}"))
         };
+        let get = |section, field| stats.get(section, field);
         Ok(Some(Proxied {
             accepted: get("proxy", "accepted")?,
             streams: get("tunnel", "streams_opened")?,

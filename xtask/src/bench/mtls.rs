@@ -58,11 +58,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+
+use super::agents::BenchAgents;
 use mesh_tests::mesh::{IdentitySpec, Mesh, MeshSpec, parse_last_json};
 use mesh_tests::sim::Proc;
 use serde_json::{Value, json};
 
-use super::{cgroup_cpu_seconds, median, number, round3, service};
+use super::{median, number, round3, service};
 
 /// Rounds unless `--rounds` says otherwise (see `bench::rounds`).
 const ROUNDS: usize = 3;
@@ -280,8 +282,7 @@ fn loadavg() -> String {
 
 struct Bench {
     mesh: Mesh,
-    spec: MeshSpec,
-    agents_up: bool,
+    agents: BenchAgents,
     _servers: Vec<Proc>,
 }
 
@@ -334,8 +335,7 @@ impl Bench {
         };
         Ok(Bench {
             mesh,
-            spec,
-            agents_up: false,
+            agents: BenchAgents::new(spec, SETTLE),
             _servers: servers,
         })
     }
@@ -354,7 +354,7 @@ impl Bench {
                         Ok(v) => v,
                         Err(e) => {
                             eprintln!();
-                            return Err(self.with_agent_logs(e));
+                            return Err(self.agents.with_logs(&self.mesh, e));
                         }
                     };
                     for (metric, scenario, value) in values {
@@ -368,27 +368,13 @@ impl Bench {
         Ok(samples)
     }
 
-    /// A failed mesh run is most likely an agent bug: the end of both agents' logs says more.
-    fn with_agent_logs(&self, e: anyhow::Error) -> anyhow::Error {
-        if !self.agents_up {
-            return e;
-        }
-        let mut logs = String::new();
-        for node in ["node1", "node2"] {
-            let all = self.mesh.agent_logs(node);
-            let lines: Vec<&str> = all.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            logs += &format!("\n--- agent on {node}, last 40 lines ---\n{tail}");
-        }
-        e.context(format!("agent logs:{logs}"))
-    }
-
     fn run_scenario(
         &mut self,
         scenario: Scenario,
         test: Test,
     ) -> Result<Vec<(&'static str, Scenario, f64)>> {
-        self.set_agents(scenario == Scenario::Mesh)?;
+        self.agents
+            .set(&mut self.mesh, scenario == Scenario::Mesh)?;
         let before = self.counters()?;
         let values = match test {
             Test::Rr { size, p50, p99 } => {
@@ -421,28 +407,12 @@ impl Bench {
         }
     }
 
-    /// Starts or stops both agents.
-    fn set_agents(&mut self, up: bool) -> Result<()> {
-        if up == self.agents_up {
-            return Ok(());
-        }
-        super::set_agents(&mut self.mesh, &self.spec, up)?;
-        self.agents_up = up;
-        std::thread::sleep(SETTLE);
-        Ok(())
-    }
-
     /// `None` without agents.
     fn counters(&self) -> Result<Option<Counters>> {
-        if !self.agents_up {
+        let Some(stats) = self.agents.node1_stats(&self.mesh)? else {
             return Ok(None);
-        }
-        let stats = self.mesh.admin("node1", "/stats")?;
-        let get = |section: &str, field: &str| {
-            stats[section][field]
-                .as_u64()
-                .with_context(|| format!("/stats has no {section}.{field}: {stats}"))
         };
+        let get = |section, field| stats.get(section, field);
         Ok(Some(Counters {
             accepted: get("proxy", "accepted")?,
             streams: get("tunnel", "streams_opened")?,
@@ -475,12 +445,12 @@ impl Bench {
     /// Throughput, and for the mesh the agents' CPU time per GB delivered.
     fn bulk(&self, scenario: Scenario) -> Result<Vec<(&'static str, Scenario, f64)>> {
         let addr = self.sink(scenario).to_string();
-        let cpu_before = self.agents_cpu_seconds(scenario)?;
+        let cpu_before = self.agents.cpu_seconds(&self.mesh)?;
         let v = self.mesh.probe(
             "client",
             &["bulk", "--connect", &addr, "--seconds", BULK_SECONDS],
         )?;
-        let cpu_after = self.agents_cpu_seconds(scenario)?;
+        let cpu_after = self.agents.cpu_seconds(&self.mesh)?;
         ensure!(v["bytes"] == v["sent"], "bulk to {addr} lost data: {v}");
         let gbit_per_s = number(&v, "gbit_per_s")?;
         let mut values = vec![("bulk", scenario, gbit_per_s)];
@@ -498,18 +468,6 @@ impl Bench {
             _ => {}
         }
         Ok(values)
-    }
-
-    /// Sum of both agents' CPU seconds so far; `None` without agents.
-    fn agents_cpu_seconds(&self, scenario: Scenario) -> Result<Option<f64>> {
-        if scenario == Scenario::Direct {
-            return Ok(None);
-        }
-        let mut total = 0.0;
-        for node in ["node1", "node2"] {
-            total += cgroup_cpu_seconds(&self.mesh.sim.node(node).agent_cgroup)?;
-        }
-        Ok(Some(total))
     }
 
     fn conn_rate(

@@ -94,8 +94,8 @@ pub fn run(json: bool, list: &str) -> Result<()> {
                         .push(*value);
                 }
                 // Fresh agents under this setting.
-                bench.set_agents(false)?;
-                bench.spec.telemetry_yaml = Some(yaml.to_string());
+                bench.agents.set(&mut bench.mesh, false)?;
+                bench.agents.spec_mut().telemetry_yaml = Some(yaml.to_string());
                 eprint!("round {round}/{rounds}: {test:<16} mesh, {name:<16}");
                 for (metric, value) in bench.sample(Scenario::Mesh, test, round)? {
                     s.entry((metric, Scenario::Mesh)).or_default().push(value);

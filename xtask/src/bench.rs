@@ -139,6 +139,24 @@ pub(crate) fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The HTTP benches' nodes: a `client` pod on node1 and a `server` pod on node2 running
+/// mesh-probe's `http-backend` on `port`.
+pub(crate) fn http_client_and_backend(
+    name: &str,
+    bins: Binaries,
+    port: u16,
+) -> Result<(Mesh, mesh_tests::sim::Proc)> {
+    let mut mesh = Mesh::new(name, bins)?;
+    mesh.sim.add_pod("node1", "client")?;
+    mesh.sim.add_pod("node2", "server")?;
+    let listen = format!("0.0.0.0:{port}");
+    let server = mesh.serve(
+        "server",
+        &["http-backend", "--listen", &listen, "--name", "server"],
+    )?;
+    Ok((mesh, server))
+}
+
 /// Starts or stops the agents of both nodes (stopping detaches every program of the node).
 pub(crate) fn set_agents(mesh: &mut Mesh, spec: &MeshSpec, up: bool) -> Result<()> {
     for node in ["node1", "node2"] {

@@ -25,6 +25,19 @@ fn counter(value: u64) -> Counter {
     c
 }
 
+/// A counter family with one series per row: the label values in the order of `names`.
+fn counters_by<const N: usize, V: Into<String>>(
+    names: [&'static str; N],
+    rows: impl IntoIterator<Item = ([V; N], u64)>,
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (values, n) in rows {
+        let labels: Labels = names.iter().copied().zip(values.map(Into::into)).collect();
+        family.get_or_create(&labels).inc_by(n);
+    }
+    family
+}
+
 fn gauge(value: i64) -> Gauge {
     let g = Gauge::default();
     g.set(value);
@@ -124,102 +137,93 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
 
     let kernel = shared.kernel_counters();
     let k = |name: &str| kernel.get(name).copied().unwrap_or(0);
-    let drops = Family::<Labels, Counter>::default();
-    for (direction, reason, value) in [
-        ("outbound", "policy", k("connect_denied")),
-        ("inbound", "policy", k("ingress_denied")),
-        ("inbound", "strict", k("ingress_strict_denied")),
-    ] {
-        drops
-            .get_or_create(&vec![
-                ("direction", direction.to_owned()),
-                ("reason", reason.to_owned()),
-            ])
-            .inc_by(value);
-    }
     r.register(
         "policy_drops",
         "Connections refused in the kernel: outbound connect() denied with EPERM, inbound SYN dropped",
-        drops,
+        counters_by(
+            ["direction", "reason"],
+            [
+                (["outbound", "policy"], k("connect_denied")),
+                (["inbound", "policy"], k("ingress_denied")),
+                (["inbound", "strict"], k("ingress_strict_denied")),
+            ],
+        ),
     );
-    r.register(
-        "ringbuf_lost_events",
-        "Connection-close events the kernel could not queue (ring buffer full)",
-        counter(k("events_lost")),
-    );
-    r.register(
-        "access_log_dropped",
-        "Access-log records dropped because the log writer fell behind (its queue of telemetry.access_log_buffer records was full)",
-        counter(shared.telemetry.access_log.dropped()),
-    );
-    r.register(
-        "access_log_written",
-        "Access-log lines written",
-        counter(shared.telemetry.access_log.written()),
-    );
-    r.register(
-        "connections_redirected",
-        "connect() calls redirected to the agent",
-        counter(k("connect_redirected")),
-    );
-    r.register(
-        "kernel_connections_opened",
-        "TCP connections established in the meshed cgroup (kernel count)",
-        counter(k("conns_opened")),
-    );
-    r.register(
-        "kernel_connections_closed",
-        "TCP connections closed in the meshed cgroup (kernel count)",
-        counter(k("conns_closed")),
-    );
-    r.register(
-        "orig_dst_missing",
-        "Redirected connections whose original destination was not found",
-        counter(k("orig_dst_missing")),
-    );
-
-    let reloads = Family::<Labels, Counter>::default();
-    for (result, value) in [
+    let plain: [(&str, &str, u64); 7] = [
         (
-            "success",
-            shared.config_reloads.success.load(Ordering::Relaxed),
+            "ringbuf_lost_events",
+            "Connection-close events the kernel could not queue (ring buffer full)",
+            k("events_lost"),
         ),
         (
-            "failure",
-            shared.config_reloads.failure.load(Ordering::Relaxed),
+            "access_log_dropped",
+            "Access-log records dropped because the log writer fell behind (its queue of telemetry.access_log_buffer records was full)",
+            shared.telemetry.access_log.dropped(),
         ),
-    ] {
-        reloads
-            .get_or_create(&vec![("result", result.to_owned())])
-            .inc_by(value);
+        (
+            "access_log_written",
+            "Access-log lines written",
+            shared.telemetry.access_log.written(),
+        ),
+        (
+            "connections_redirected",
+            "connect() calls redirected to the agent",
+            k("connect_redirected"),
+        ),
+        (
+            "kernel_connections_opened",
+            "TCP connections established in the meshed cgroup (kernel count)",
+            k("conns_opened"),
+        ),
+        (
+            "kernel_connections_closed",
+            "TCP connections closed in the meshed cgroup (kernel count)",
+            k("conns_closed"),
+        ),
+        (
+            "orig_dst_missing",
+            "Redirected connections whose original destination was not found",
+            k("orig_dst_missing"),
+        ),
+    ];
+    for (name, help, value) in plain {
+        r.register(name, help, counter(value));
     }
+
+    let reloads = &shared.config_reloads;
     r.register(
         "config_reloads",
         "Config loads by result (the initial load counts as a success)",
-        reloads,
+        counters_by(
+            ["result"],
+            [
+                (["success"], reloads.success.load(Ordering::Relaxed)),
+                (["failure"], reloads.failure.load(Ordering::Relaxed)),
+            ],
+        ),
     );
     if let Some(kube) = shared.kube.get() {
-        let events = Family::<Labels, Counter>::default();
-        for ((kind, kind_of_event), n) in kube.stats.events() {
-            events
-                .get_or_create(&vec![("kind", kind), ("type", kind_of_event)])
-                .inc_by(n);
-        }
         r.register(
             "kube_events",
             "Watch events received from the Kubernetes API, by kind and type (init, init_apply, init_done, apply, delete)",
-            events,
+            counters_by(
+                ["kind", "type"],
+                kube.stats
+                    .events()
+                    .into_iter()
+                    .map(|((kind, event), n)| ([kind, event], n)),
+            ),
         );
-        let restarts = Family::<Labels, Counter>::default();
-        for ((kind, reason), n) in kube.stats.restarts() {
-            restarts
-                .get_or_create(&vec![("kind", kind), ("reason", reason)])
-                .inc_by(n);
-        }
         r.register(
             "kube_watch_restarts",
             "Watches of the Kubernetes API that failed and were resumed, by kind and reason (expired: 410, error: anything else)",
-            restarts,
+            counters_by(
+                ["kind", "reason"],
+                kube.stats
+                    .restarts()
+                    .into_iter()
+                    .map(|((kind, reason), n)| ([kind, reason], n)),
+            ),
         );
         r.register(
             "kube_rejected_objects",
@@ -261,14 +265,16 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
         "Inbound tunnel connections refused during the TLS handshake (wrong, missing or untrusted certificate, not TLS 1.3)",
         counter(inbound.tls_failed.load(Ordering::Relaxed)),
     );
-    let denied = Family::<Labels, Counter>::default();
-    denied
-        .get_or_create(&vec![("reporter", "destination".to_owned())])
-        .inc_by(inbound.authz_denied.load(Ordering::Relaxed));
     r.register(
         "authz_denied",
         "Inbound connections refused by authorization policy",
-        denied,
+        counters_by(
+            ["reporter"],
+            [(
+                ["destination"],
+                inbound.authz_denied.load(Ordering::Relaxed),
+            )],
+        ),
     );
     r.register(
         "istio_series",

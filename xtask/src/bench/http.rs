@@ -397,18 +397,10 @@ struct H2loadRun {
 impl Bench {
     fn setup() -> Result<Bench> {
         eprintln!("http bench: setting up node1 (client pod) and node2 (http-backend pod)");
-        let mut mesh = Mesh::new("bench-http", crate::bench::release_binaries()?)?;
-        mesh.sim.add_pod("node1", "client")?;
-        mesh.sim.add_pod("node2", "server")?;
-        let server = mesh.serve(
-            "server",
-            &[
-                "http-backend",
-                "--listen",
-                &format!("0.0.0.0:{BACKEND_PORT}"),
-                "--name",
-                "server",
-            ],
+        let (mesh, server) = super::http_client_and_backend(
+            "bench-http",
+            crate::bench::release_binaries()?,
+            BACKEND_PORT,
         )?;
         let service = |name, vip: SocketAddrV4, protocol| {
             ServiceSpec::new(name, *vip.ip(), vip.port(), BACKEND_PORT, &["server"])

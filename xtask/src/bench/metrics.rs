@@ -305,19 +305,7 @@ type Runs = (Vec<CpuRun>, Vec<CpuRun>, Vec<CpuRun>);
 
 fn cpu_runs(bins: mesh_tests::mesh::Binaries) -> Result<Runs> {
     eprintln!("metrics bench: setting up node1 (client pod) and node2 (http-backend pod)");
-    let mut mesh = Mesh::new("bench-metrics", bins)?;
-    mesh.sim.add_pod("node1", "client")?;
-    mesh.sim.add_pod("node2", "server")?;
-    let server = mesh.serve(
-        "server",
-        &[
-            "http-backend",
-            "--listen",
-            &format!("0.0.0.0:{BACKEND_PORT}"),
-            "--name",
-            "server",
-        ],
-    )?;
+    let (mesh, server) = super::http_client_and_backend("bench-metrics", bins, BACKEND_PORT)?;
     let mut bench = Bench {
         mesh,
         _server: server,

@@ -1553,10 +1553,14 @@ mod tests {
         api.wait_watches("Pod", 2, Duration::from_secs(10))
             .await
             .unwrap();
-        api.end_watches(false);
         api.delete("Pod", "ns", "a");
         api.apply(pod("ns", "e", "node1"));
+        // A change the Pod watch never sees moves the version past the last one the watcher
+        // saw; compacting there, before the watch ends, makes its resume expire (410, then a
+        // re-list) whether or not the open watch delivered the two changes before it ended.
+        api.apply(service("ns", "other", &["10.96.0.9".parse().unwrap()], &[]));
         api.compact();
+        api.end_watches(false);
         until(&["c", "d", "e"], 2).await;
 
         api.wait_watches("Pod", 4, Duration::from_secs(10))

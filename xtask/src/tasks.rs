@@ -56,6 +56,8 @@ pub fn test(workspace: &Path) -> Result<()> {
             cargo(workspace).env("MESH_AGENT_BIN", &agent).args([
                 "test",
                 "--release",
+                // Every test binary runs even after one fails: a failure must not hide others.
+                "--no-fail-fast",
                 "--workspace",
                 "--exclude",
                 EBPF_CRATE,

@@ -43,7 +43,7 @@ enum Command {
         agent_only: bool,
     },
     /// Setup, build, then run every test (including privileged end-to-end tests), clippy,
-    /// rustfmt, a 60 s fuzz run and the bench guard's self-check (bench compare must flag a
+    /// rustfmt, a short run of each fuzz target and the bench guard's self-check (bench compare must flag a
     /// planted slowdown); fails if any of them fails.
     Test,
     /// Check that mesh-agent's imports only point down its layers and form no circle (see
@@ -51,9 +51,14 @@ enum Command {
     Layers,
     /// Check that every module, type and function ARCHITECTURE.md names exists.
     Architecture,
-    /// Run the L7 request-path fuzz target (cargo-fuzz) for a while.
+    /// Run the fuzz targets (cargo-fuzz): the L7 request path, the config loader, the tunnel's
+    /// CONNECT handling, the Kubernetes translation.
     Fuzz {
-        /// How long to fuzz.
+        /// One target (route_request, config_load, tunnel_connect, k8s_translate); all of
+        /// them, one after the other, when none is named.
+        #[arg(long)]
+        target: Option<String>,
+        /// How long to fuzz each target.
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
@@ -114,7 +119,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Layers => {
             layers::run(&workspace).and_then(|()| layers::planted_breaks_are_flagged(&workspace))
         }
-        Command::Fuzz { seconds } => fuzz::run(&workspace, seconds),
+        Command::Fuzz { target, seconds } => fuzz::run(&workspace, target.as_deref(), seconds),
         Command::Demo => {
             tasks::build(&workspace)?;
             demo::run()

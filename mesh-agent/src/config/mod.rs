@@ -28,6 +28,7 @@ mod authorization;
 mod checker;
 #[cfg(test)]
 mod fixture;
+pub mod fuzzing;
 mod identity;
 pub mod kubernetes;
 mod load;

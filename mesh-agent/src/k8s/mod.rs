@@ -14,6 +14,7 @@ use serde::Serialize;
 
 pub mod apply;
 pub mod crd;
+pub mod fuzzing;
 pub mod gateway;
 pub mod netns_scan;
 pub mod podcgroup;

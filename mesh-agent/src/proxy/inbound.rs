@@ -15,13 +15,16 @@ use std::{
 
 use anyhow::{Context, Result};
 use http_body_util::Empty;
-use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http2};
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::ProxyPlane;
+use super::{
+    ProxyPlane,
+    connect::{ConnectRequest, read_connect},
+};
 use crate::{
     identity::PeerCert,
     state::peers::Baggage,
@@ -166,34 +169,23 @@ async fn handle_stream(
     let transport = plane.transport.clone();
     let stats = &transport.inbound_stats;
     stats.streams.fetch_add(1, Ordering::Relaxed);
-    if req.method() != Method::CONNECT {
-        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
-    }
-    let Some(target) = req
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-    else {
-        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return reply(StatusCode::BAD_REQUEST, "authority must be IP:PORT");
-    };
-    // Without a (valid) origin the kernel judges the connection by the tunnel peer's address.
-    let origin = req
-        .headers()
-        .get(tunnel::ORIGIN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(tunnel::parse_forwarded_for)
-        .unwrap_or(peer.ip());
-    let source = {
-        let state = transport.state();
-        match req
-            .headers()
-            .get(tunnel::BAGGAGE_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(b) => state.peers.from_baggage(&cert.id, &Baggage::parse(b)),
-            None => state.peers.by_identity(&cert.id),
+    let read = read_connect(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        peer,
+        &cert.id,
+        &transport.state().peers,
+    );
+    let ConnectRequest {
+        target,
+        origin,
+        source,
+    } = match read {
+        Ok(request) => request,
+        Err(bad) => {
+            stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return reply(bad.status, bad.reason);
         }
     };
     // The client's agent labels its side of the metrics with the workload it reached.

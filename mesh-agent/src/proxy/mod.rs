@@ -3,6 +3,8 @@
 //! the inbound listener serves the mTLS tunnel from other nodes' agents and delivers its
 //! streams to this node's workloads (L4, or through the L7 destination passes).
 
+pub mod connect;
+pub mod fuzzing;
 pub mod inbound;
 pub mod outbound;
 

@@ -24,6 +24,8 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod runtime;
+#[cfg(test)]
+mod seed_mutations;
 pub mod state;
 pub mod status;
 pub mod transport;

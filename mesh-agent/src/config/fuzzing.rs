@@ -58,19 +58,9 @@ mod tests {
             b"\xff\xfe",
             b"node:\n  name: \"\\u0000\"\n",
         ];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for seed in seeds {
             fuzz_one(seed);
-            for _ in 0..200 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let mut input = seed.to_vec();
-                if !input.is_empty() {
-                    let at = (x as usize) % input.len();
-                    input[at] = (x >> 32) as u8;
-                    input.truncate(at + 1 + ((x >> 40) as usize % input.len()));
-                }
+            for input in crate::seed_mutations::mutations(seed, 200) {
                 fuzz_one(&input);
             }
         }

@@ -72,16 +72,9 @@ mod tests {
             b"CONNECT\n[::1]:80\nforwarded: for=\"[::1]\"\n",
             b"CONNECT\n10.1.1.2:8080\nbaggage: k8s.namespace.name=shop,,=,k8s.pod.name\n",
         ];
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for seed in seeds {
             fuzz_one(seed);
-            for _ in 0..500 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let mut input = seed.to_vec();
-                let at = (x as usize) % input.len();
-                input[at] = (x >> 32) as u8;
+            for input in crate::seed_mutations::mutations(seed, 500) {
                 fuzz_one(&input);
             }
         }

@@ -20,3 +20,13 @@ pub fn mutations(seed: &[u8], count: usize) -> impl Iterator<Item = Vec<u8>> + '
         input
     })
 }
+
+/// Runs `fuzz_one` on each seed and on `count` mutations of each.
+pub fn run_on_seeds(seeds: &[&[u8]], count: usize, fuzz_one: impl Fn(&[u8])) {
+    for seed in seeds {
+        fuzz_one(seed);
+        for input in mutations(seed, count) {
+            fuzz_one(&input);
+        }
+    }
+}

@@ -58,11 +58,6 @@ mod tests {
             b"\xff\xfe",
             b"node:\n  name: \"\\u0000\"\n",
         ];
-        for seed in seeds {
-            fuzz_one(seed);
-            for input in crate::seed_mutations::mutations(seed, 200) {
-                fuzz_one(&input);
-            }
-        }
+        crate::seed_mutations::run_on_seeds(seeds, 200, fuzz_one);
     }
 }

@@ -72,12 +72,7 @@ mod tests {
             b"CONNECT\n[::1]:80\nforwarded: for=\"[::1]\"\n",
             b"CONNECT\n10.1.1.2:8080\nbaggage: k8s.namespace.name=shop,,=,k8s.pod.name\n",
         ];
-        for seed in seeds {
-            fuzz_one(seed);
-            for input in crate::seed_mutations::mutations(seed, 500) {
-                fuzz_one(&input);
-            }
-        }
+        crate::seed_mutations::run_on_seeds(seeds, 500, fuzz_one);
     }
 
     #[test]

@@ -61,12 +61,9 @@ impl Transport {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Installs a new model; returns the one it replaces.
-    pub fn replace_state(&self, state: Arc<State>) -> Arc<State> {
-        std::mem::replace(
-            &mut *self.model.write().unwrap_or_else(|p| p.into_inner()),
-            state,
-        )
+    /// Installs a new model.
+    pub fn replace_state(&self, state: Arc<State>) {
+        *self.model.write().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
     /// Marks a socket the agent opened itself; a failure to read its cookie only costs the

@@ -109,11 +109,26 @@ pub enum Command {
     /// Print the CustomResourceDefinitions the agent reads (MeshAuthorizationPolicy) as YAML,
     /// for `kubectl apply -f -`; deploy/kubernetes/base/crds holds the same text.
     Crds,
-    /// Remove a node's pinned maps after the agent has stopped for good.
-    Cleanup {
-        /// The node's pin directory (<bpffs>/<node name>).
+    /// Detach the node's programs and remove its pinned maps, for good.
+    ///
+    /// The programs stay attached, and the policy enforced, when the agent stops or crashes;
+    /// this is how to take the mesh off a node. Stop the agent first: a running agent keeps
+    /// its programs until it exits.
+    Uninstall {
+        /// The node's pin directory (<bpffs>/<node name>); default: the one of the config.
         #[arg(long)]
-        pin_dir: PathBuf,
+        pin_dir: Option<PathBuf>,
+        /// Config file that names the node (default: as for `run`).
+        #[arg(long, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+    },
+    /// The former name of `uninstall`.
+    #[command(hide = true)]
+    Cleanup {
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        #[arg(long, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
     },
     /// Developer tools (used by `cargo xtask bench`).
     #[command(hide = true)]

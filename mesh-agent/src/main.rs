@@ -67,20 +67,7 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let path = match config {
-                Some(path) => Some(path),
-                None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => {
-                    Some(cli::DEFAULT_CONFIG_PATH.into())
-                }
-                None => None,
-            };
-            let (config, source) = match &path {
-                Some(path) => (config::load_file(path)?, path.display().to_string()),
-                None => {
-                    tracing::info!("no config file; running with the embedded default");
-                    (config::embedded_default(), "embedded default".to_owned())
-                }
-            };
+            let (config, source, path) = load_config(config)?;
             tokio_runtime()?.block_on(runtime::run(config, source, path, log))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -172,11 +159,51 @@ fn dispatch(command: Command, log: logging::LogControl) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&run)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cleanup { pin_dir } => {
-            ebpf::remove_pins(&pin_dir)?;
+        Command::Uninstall { pin_dir, config } | Command::Cleanup { pin_dir, config } => {
+            let pin_dir = match pin_dir {
+                Some(dir) => dir,
+                None => load_config(config)?.0.node.pin_dir(),
+            };
+            ebpf::require_root()?;
+            let removed = ebpf::uninstall(&pin_dir)?;
+            println!(
+                "{}: detached {} program links, removed {} pinned maps",
+                pin_dir.display(),
+                removed.links,
+                removed.maps
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The config `run` uses: the file given, else the default path when it exists, else the
+/// embedded default; with a description of where it came from and the file's path.
+fn load_config(
+    config: Option<std::path::PathBuf>,
+) -> Result<(config::Config, String, Option<std::path::PathBuf>)> {
+    let path = match config {
+        Some(path) => Some(path),
+        None if Path::new(cli::DEFAULT_CONFIG_PATH).exists() => {
+            Some(cli::DEFAULT_CONFIG_PATH.into())
+        }
+        None => None,
+    };
+    Ok(match path {
+        Some(path) => (
+            config::load_file(&path)?,
+            path.display().to_string(),
+            Some(path),
+        ),
+        None => {
+            tracing::info!("no config file; using the embedded default");
+            (
+                config::embedded_default(),
+                "embedded default".to_owned(),
+                None,
+            )
+        }
+    })
 }
 
 /// `mesh-agent flows --follow`: events from /flows/stream as table lines (header once) or as

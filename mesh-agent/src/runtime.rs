@@ -1,5 +1,5 @@
 //! `mesh-agent run`: wires the kernel data path, the model, the proxy and the admin server
-//! together and runs until SIGTERM/SIGINT, then detaches everything it attached.
+//! together and runs until SIGTERM/SIGINT; the programs stay attached when it exits.
 
 use std::{path::PathBuf, sync::Arc, sync::atomic::AtomicBool};
 
@@ -11,7 +11,7 @@ use crate::{
     admin,
     agent::{Shared, connection_closed, open_listeners},
     cgroup,
-    config::Config,
+    config::{Config, FailMode},
     ebpf::{self, DataPath},
     flows::ClosedFlows,
     identity::{self, Ca, IdentityManager},
@@ -74,10 +74,23 @@ pub async fn run(
             agent_cgroup_id,
             outbound_port: node.outbound_port,
             fast_path: u8::from(node.fast_path),
-            _pad: 0,
+            fail_open: u8::from(node.fail_mode == FailMode::Open),
             node_cgroup_level: ebpf::cgroup_level(&node.cgroup)?,
+            ..AgentConfig::default()
         },
     )?;
+    let replaced = datapath
+        .attached
+        .iter()
+        .filter(|(_, how)| *how == ebpf::Attached::Replaced)
+        .count();
+    tracing::info!(
+        replaced,
+        attached = datapath.attached.len() - replaced,
+        pin_dir = %node.pin_dir().display(),
+        "programs attached (pinned links: they stay when the agent exits); a previous agent's \
+         links had their programs replaced in place"
+    );
     let maps = datapath.shared_maps()?;
     let program_stats =
         ebpf::ProgramStats::new(datapath.program_ids(), state.config.telemetry.program_stats);
@@ -165,8 +178,8 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: detaching and exiting"),
-        _ = int.recv() => tracing::info!("SIGINT: detaching and exiting"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     shared
         .ready
@@ -179,9 +192,10 @@ pub async fn run(
     {
         tracing::warn!("the access log could not be written out within 2 s");
     }
-    // Dropping the data path closes every link: nothing of ours stays attached. Pinned maps
-    // stay for the next start.
+    // The links are pinned: the programs stay attached and the maps pinned, so the node's
+    // policy holds until the next agent takes them over (`mesh-agent uninstall` removes
+    // them for good).
     drop(datapath);
-    tracing::info!("all programs detached");
+    tracing::info!("exiting; the programs stay attached and enforce policy until the next agent");
     Ok(())
 }

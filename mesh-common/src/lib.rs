@@ -58,17 +58,30 @@ pub mod capacity {
 /// Index of the single entry of the `CONFIG` array.
 pub const CONFIG_INDEX: u32 = 0;
 
+/// Version of the layout of the pinned maps (their key and value types and what they mean).
+/// The programs stay attached, and the maps pinned, across agent restarts and upgrades: a new
+/// agent adopts them only when the pinned `CONFIG` entry carries this same version, and
+/// refuses to start otherwise (a different layout would be misread). Bump it with any change
+/// to a pinned map's types or meaning.
+pub const PIN_LAYOUT_VERSION: u32 = 2;
+
 /// Node-wide settings the programs need.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentConfig {
     /// cgroup id of the agent itself: its sockets are never redirected or policed.
     pub agent_cgroup_id: u64,
+    /// cgroup id of the agent this one took over from (0 when none), exempt like the agent's
+    /// own: during a handover the old agent still dials upstreams for the connections it
+    /// drains, and on Kubernetes the new agent runs in another pod cgroup.
+    pub previous_agent_cgroup_id: u64,
     /// Outbound listener port (host order).
     pub outbound_port: u16,
     /// 1 when the sk_msg same-node fast path may redirect.
     pub fast_path: u8,
-    pub _pad: u8,
+    /// 1 when a connect to a meshed destination goes direct (unredirected) while no agent
+    /// listens (`node.fail_mode: open`); 0 when it is refused.
+    pub fail_open: u8,
     /// Level of the node cgroup (the one the programs attach to) in the cgroup v2 hierarchy:
     /// 0 for the root, 1 for a direct child, and so on, as the kernel counts levels for
     /// `bpf_get_current_ancestor_cgroup_id`. A socket whose own cgroup is not a workload is
@@ -76,6 +89,18 @@ pub struct AgentConfig {
     /// `node_cgroup_level + 1 ..= node_cgroup_level + ANCESTOR_LEVELS` (on Kubernetes the
     /// processes run in container cgroups below the pod cgroup that is the workload).
     pub node_cgroup_level: u32,
+    /// [`PIN_LAYOUT_VERSION`] of the agent that wrote this entry.
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+
+impl AgentConfig {
+    /// Whether a socket of `cgroup` belongs to an agent (this one or the one it replaces).
+    #[inline(always)]
+    pub fn is_agent(&self, cgroup: u64) -> bool {
+        cgroup == self.agent_cgroup_id
+            || (self.previous_agent_cgroup_id != 0 && cgroup == self.previous_agent_cgroup_id)
+    }
 }
 
 /// How many levels below the node cgroup the programs look for a workload cgroup that is an
@@ -300,7 +325,11 @@ pub mod stat {
     pub const INGRESS_VIA_AGENT: u32 = 10;
     /// SYNs dropped because the workload is STRICT and the connection is not from the agent.
     pub const INGRESS_STRICT_DENIED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Connects to a meshed destination while no agent listened in the caller's namespace.
+    pub const CONNECT_NO_AGENT: u32 = 12;
+    /// Of those, the ones that went direct (`node.fail_mode: open`); the rest were refused.
+    pub const CONNECT_FAIL_OPEN: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_redirected",
         "connect_denied",
@@ -314,6 +343,8 @@ pub mod stat {
         "orig_dst_missing",
         "ingress_via_agent",
         "ingress_strict_denied",
+        "connect_no_agent",
+        "connect_fail_open",
     ];
 }
 
@@ -377,7 +408,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<AgentConfig>(), 16);
+        assert_eq!(size_of::<AgentConfig>(), 32);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<PolicyKey>(), 32);
         assert_eq!(size_of::<OrigDst>(), 32);

@@ -4,12 +4,16 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_sk_lookup_tcp, bpf_sk_release,
+    },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use mesh_common::{OrigDst, ServiceKey, WORKLOAD_EGRESS_POLICY, stat};
+use mesh_common::{OrigDst, ServiceKey, WORKLOAD_EGRESS_POLICY, WORKLOAD_STRICT, stat};
 
 use crate::{
     common::{
@@ -38,7 +42,7 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     }
     let dst = mapped_v4(ctx_u32!((*sa).user_ip4));
     let port = u16::from_be(ctx_u32!((*sa).user_port) as u16);
-    match decide(&ctx, dst, port, AF_INET) {
+    match decide(&ctx, dst, port, AF_INET, Loopback::V4) {
         Decision::Allow => ALLOW,
         Decision::Deny => DENY,
         Decision::Redirect(listener) => {
@@ -65,13 +69,14 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
     ];
     let dst = v6_bytes(words);
     let port = u16::from_be(ctx_u32!((*sa).user_port) as u16);
-    match decide(&ctx, dst, port, AF_INET6) {
+    // A dual-stack socket dialling an IPv4-mapped address goes to the IPv4 loopback
+    // listener; a native IPv6 destination goes to ::1.
+    let mapped = words[0] == 0 && words[1] == 0 && words[2] == 0xffff_u32.to_be();
+    let loopback = if mapped { Loopback::V4 } else { Loopback::V6 };
+    match decide(&ctx, dst, port, AF_INET6, loopback) {
         Decision::Allow => ALLOW,
         Decision::Deny => DENY,
         Decision::Redirect(listener) => {
-            // A dual-stack socket dialling an IPv4-mapped address goes to the IPv4 loopback
-            // listener; a native IPv6 destination goes to ::1.
-            let mapped = words[0] == 0 && words[1] == 0 && words[2] == 0xffff_u32.to_be();
             unsafe {
                 (*sa).user_ip6[0] = 0;
                 (*sa).user_ip6[1] = 0;
@@ -89,14 +94,27 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
     }
 }
 
+/// The loopback address a redirected connect goes to.
+#[derive(Clone, Copy)]
+enum Loopback {
+    V4,
+    V6,
+}
+
 #[inline(always)]
-fn decide(ctx: &SockAddrContext, dst: [u8; 16], port: u16, family: u32) -> Decision {
+fn decide(
+    ctx: &SockAddrContext,
+    dst: [u8; 16],
+    port: u16,
+    family: u32,
+    loopback: Loopback,
+) -> Decision {
     let Some(cfg) = config() else {
         return Decision::Allow;
     };
     let cgroup = current_cgroup();
     // The agent's own upstream connections are never policed or redirected (no loops).
-    if cgroup == cfg.agent_cgroup_id {
+    if cfg.is_agent(cgroup) {
         return Decision::Allow;
     }
     let workload = workload_of(cgroup, |level| unsafe {
@@ -129,6 +147,19 @@ fn decide(ctx: &SockAddrContext, dst: [u8; 16], port: u16, family: u32) -> Decis
         // unredirected (still counted by sock_ops, still policed above).
         return Decision::Allow;
     };
+    let listener = *listener as u16;
+    if !agent_listening(ctx, listener, loopback) {
+        // No agent runs (stopped, crashed, not started yet): the connect fails at once with
+        // ECONNREFUSED from the closed port, or, with `node.fail_mode: open`, goes direct.
+        // A STRICT workload's traffic never leaves unencrypted.
+        bump(stat::CONNECT_NO_AGENT, 1);
+        let strict = matches!(workload, Some((_, w)) if w.flags & WORKLOAD_STRICT != 0);
+        if cfg.fail_open != 0 && !strict {
+            bump(stat::CONNECT_FAIL_OPEN, 1);
+            return Decision::Allow;
+        }
+        return Decision::Redirect(listener);
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDst {
         ip: dst,
@@ -142,7 +173,48 @@ fn decide(ctx: &SockAddrContext, dst: [u8; 16], port: u16, family: u32) -> Decis
         return Decision::Allow;
     }
     bump(stat::CONNECT_REDIRECTED, 1);
-    Decision::Redirect(*listener as u16)
+    Decision::Redirect(listener)
+}
+
+/// Whether a socket listens on `port` of the loopback address in the caller's network
+/// namespace, i.e. whether an agent (or, during a handover, the agents sharing its listening
+/// sockets) is there to take a redirected connection.
+#[inline(always)]
+fn agent_listening(ctx: &SockAddrContext, port: u16, loopback: Loopback) -> bool {
+    // SAFETY: an all-zero tuple is a valid value of the plain-data union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = match loopback {
+        Loopback::V4 => {
+            let local = u32::from_ne_bytes([127, 0, 0, 1]);
+            let v4 = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
+            v4.saddr = local;
+            v4.daddr = local;
+            v4.dport = port.to_be();
+            core::mem::size_of_val(v4)
+        }
+        Loopback::V6 => {
+            let local = [0, 0, 0, 1_u32.to_be()];
+            let v6 = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
+            v6.saddr = local;
+            v6.daddr = local;
+            v6.dport = port.to_be();
+            core::mem::size_of_val(v6)
+        }
+    };
+    let sk = unsafe {
+        bpf_sk_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return false;
+    }
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
 }
 
 #[inline(always)]

@@ -55,6 +55,7 @@ pub const CONTRACT_METRICS: &[&str] = &[
     "mesh_agent_access_log_dropped_total",
     "mesh_agent_access_log_written_total",
     "mesh_agent_connections_redirected_total",
+    "mesh_agent_connections_without_agent_total",
     "mesh_agent_config_reloads_total",
     "mesh_agent_certificate_expiration_timestamp_seconds",
     "mesh_agent_ca_expiration_timestamp_seconds",

@@ -435,6 +435,43 @@ impl Mesh {
         proc.kill()
     }
 
+    /// kill -9 of the node's agent (a crash); returns its exit status.
+    pub fn kill_agent(&mut self, node: &str) -> Result<ExitStatus> {
+        let mut proc = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent running on {node}"))?;
+        proc.kill_hard()
+    }
+
+    /// Where the node's agent pins its maps and links.
+    pub fn pin_dir(&self, node: &str) -> PathBuf {
+        self.pin_root().join(node)
+    }
+
+    /// `mesh-agent uninstall` for the node (its agent stopped): detaches its programs for
+    /// good. Fails with the command's output when it fails.
+    pub fn uninstall(&self, node: &str) -> Result<String> {
+        let out = std::process::Command::new(&self.bins.agent)
+            .arg("uninstall")
+            .arg("--pin-dir")
+            .arg(self.pin_dir(node))
+            .output()
+            .context("run mesh-agent uninstall")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!(
+                "mesh-agent uninstall on {node} failed ({}): {text}",
+                out.status
+            );
+        }
+        Ok(text)
+    }
+
     pub fn agent_logs(&self, node: &str) -> String {
         self.agents.get(node).map(Proc::logs).unwrap_or_default()
     }
@@ -602,7 +639,8 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        // Agents first (SIGTERM, so they detach cleanly), then the pinned maps, then the sim.
+        // Agents first (SIGTERM), then the pins: removing the pinned links detaches the
+        // programs, which outlive the agents; then the sim.
         for (_, mut proc) in std::mem::take(&mut self.agents) {
             let _ = proc.kill();
         }

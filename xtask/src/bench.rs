@@ -157,7 +157,8 @@ pub(crate) fn http_client_and_backend(
     Ok((mesh, server))
 }
 
-/// Starts or stops the agents of both nodes (stopping detaches every program of the node).
+/// Starts or stops the agents of both nodes; stopping also uninstalls, so that no program of ours
+/// stays on the node (they outlive a stopped agent).
 pub(crate) fn set_agents(mesh: &mut Mesh, spec: &MeshSpec, up: bool) -> Result<()> {
     for node in ["node1", "node2"] {
         if up {
@@ -165,6 +166,8 @@ pub(crate) fn set_agents(mesh: &mut Mesh, spec: &MeshSpec, up: bool) -> Result<(
         } else {
             let status = mesh.stop_agent(node)?;
             ensure!(status.success(), "agent on {node} exited with {status}");
+            // The programs outlive the agent; "direct" means none of ours at all.
+            mesh.uninstall(node)?;
         }
     }
     Ok(())

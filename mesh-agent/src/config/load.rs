@@ -12,8 +12,8 @@ use serde_saphyr::Spanned;
 pub(super) use super::checker::PathChecks;
 use super::checker::{Checker, ConfigError, ConfigErrors};
 use super::{
-    Config, DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_OUTBOUND_PORT, DEFAULT_TUNNEL_PORT, HttpSettings,
-    IdentityConfig, NodeConfig, RawConfig, TelemetrySettings,
+    Config, DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_OUTBOUND_PORT, DEFAULT_TUNNEL_PORT, FailMode,
+    HttpSettings, IdentityConfig, NodeConfig, RawConfig, TelemetrySettings,
 };
 
 /// The configuration compiled into the binary, used when no file is given.
@@ -79,6 +79,7 @@ fn builtin_default() -> Config {
             fast_path: false,
             address: None,
             tunnel_port: DEFAULT_TUNNEL_PORT,
+            fail_mode: FailMode::Closed,
         },
         nodes: Vec::new(),
         identity: IdentityConfig::default(),

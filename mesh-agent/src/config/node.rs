@@ -1,6 +1,7 @@
 //! The `node:` section: the node the agent runs on (its name, its cgroup and bpffs
 //! directories), the agent's listeners on it (transparent outbound port, admin endpoint, mTLS
-//! tunnel port), the sk_msg fast path, and the node's address.
+//! tunnel port), the sk_msg fast path, the node's address, and what connects do while no agent
+//! runs (`fail_mode`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -42,6 +43,21 @@ pub struct NodeConfig {
     /// Port of the inbound mTLS tunnel listener (default 15008), on `address` when set, else
     /// on all addresses.
     pub tunnel_port: u16,
+    /// What a connect to a meshed destination does while no agent runs on the node.
+    pub fail_mode: FailMode,
+}
+
+/// What the kernel does with a connect to a meshed destination while no agent listens
+/// (stopped, crashed, between two agents): the programs and policy stay attached either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refused at once (ECONNREFUSED): nothing leaves unencrypted or unpoliced by the mesh.
+    #[default]
+    Closed,
+    /// Not redirected: the connection goes direct (plaintext), still under the kernel's L4
+    /// policy, and counted (`connect_fail_open`). STRICT workloads stay closed.
+    Open,
 }
 
 impl NodeConfig {
@@ -71,6 +87,8 @@ pub(super) struct RawNode {
     address: Option<Text>,
     #[serde(default)]
     tunnel_port: Option<Text>,
+    #[serde(default)]
+    fail_mode: Option<Text>,
 }
 
 impl Checker<'_> {
@@ -107,6 +125,10 @@ impl Checker<'_> {
         let tunnel_port = match &raw.tunnel_port {
             Some(p) => self.keep(self.port(p)),
             None => Some(DEFAULT_TUNNEL_PORT),
+        };
+        let fail_mode = match &raw.fail_mode {
+            Some(m) => self.keep(self.fail_mode(m)),
+            None => Some(FailMode::default()),
         };
         // The tunnel listener binds every address, so it would collide with
         // the other listeners of the agent on the same port. Only ports that
@@ -153,7 +175,22 @@ impl Checker<'_> {
             fast_path: raw.fast_path.unwrap_or(false),
             address,
             tunnel_port: tunnel_port.unwrap_or(DEFAULT_TUNNEL_PORT),
+            fail_mode: fail_mode.unwrap_or_default(),
         })
+    }
+
+    fn fail_mode(&self, raw: &Text) -> Result<FailMode, ConfigError> {
+        match raw.value.trim() {
+            "closed" => Ok(FailMode::Closed),
+            "open" => Ok(FailMode::Open),
+            other => Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid fail_mode {}: expected closed or open",
+                    quote(other)
+                ),
+            )),
+        }
     }
 
     /// An address other nodes can connect to.
@@ -211,6 +248,23 @@ mod tests {
             .parse("node:\n  name: n\n  cgroup: $D/node\n  admin: 127.0.0.2:1\n")
             .expect("loopback");
         assert_eq!(cfg.node.admin.port(), 1);
+    }
+
+    #[test]
+    fn fail_mode_is_closed_unless_open_is_written() {
+        use super::FailMode;
+        let fx = Fixture::new();
+        let cfg = fx.parse("node:\n  name: n\n  cgroup: $D/node\n").expect("default");
+        assert_eq!(cfg.node.fail_mode, FailMode::Closed);
+        let cfg = fx
+            .parse("node:\n  name: n\n  cgroup: $D/node\n  fail_mode: open\n")
+            .expect("open");
+        assert_eq!(cfg.node.fail_mode, FailMode::Open);
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  fail_mode: OPEN-ish\n",
+            4,
+            "invalid fail_mode `OPEN-ish`: expected closed or open",
+        );
     }
 
     #[test]

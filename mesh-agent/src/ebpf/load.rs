@@ -2,31 +2,45 @@
 
 use std::{
     fs::File,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapInfo, SockHash},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SkMsg, SockOps},
+    maps::{Array, Map, MapData, MapInfo, SockHash},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SkMsg, SockOps,
+        links::FdLink,
+    },
 };
 use mesh_common::{
     AgentConfig, AgentOrigin, AgentOriginKey, CONFIG_INDEX, ClientKey, ConnStats, OrigDst,
-    PolicyKey, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity, map_names,
-    program_names, stat,
+    PIN_LAYOUT_VERSION, PolicyKey, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity,
+    map_names, program_names, stat,
 };
 
-use super::{maps::SharedMaps, probe};
+use super::{
+    links::{self, Attached},
+    maps::SharedMaps,
+    probe,
+};
 
 /// The programs, compiled by build.rs from mesh-ebpf.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
 
-/// The kernel data path of one node. Dropping it detaches every program (the links are owned
-/// by `bpf`); pinned maps stay so that a restarted agent keeps policy and connection state.
+/// The kernel data path of one node. The cgroup programs' links are pinned (see
+/// [`links`]): dropping this, or the agent dying, leaves the programs attached and the maps
+/// pinned, so policy holds while no agent runs and the next agent adopts both.
 pub struct DataPath {
     bpf: Ebpf,
     pub cgroup: PathBuf,
+    pin_dir: PathBuf,
+    /// How each cgroup program was attached, in attach order.
+    pub attached: Vec<(&'static str, Attached)>,
+    /// The entry of the `CONFIG` map the previous agent left (`None` on a fresh node).
+    pub previous: Option<AgentConfig>,
 }
 
 /// Where bpffs is mounted for a pin directory: /sys/fs/bpf for anything below it.
@@ -41,8 +55,9 @@ fn bpffs_root(pin_dir: &Path) -> PathBuf {
 
 impl DataPath {
     /// Probes the kernel, loads the programs with maps pinned under `pin_dir`, writes the
-    /// node-wide config and attaches everything to `cgroup`.
-    pub fn start(cgroup: &Path, pin_dir: &Path, config: AgentConfig) -> Result<DataPath> {
+    /// node-wide config and attaches everything to `cgroup`, replacing the programs of links
+    /// a previous agent pinned.
+    pub fn start(cgroup: &Path, pin_dir: &Path, mut config: AgentConfig) -> Result<DataPath> {
         probe::require_root()?;
         anyhow::ensure!(
             !PROGRAMS.is_empty(),
@@ -61,21 +76,34 @@ impl DataPath {
             .with_context(|| {
                 format!(
                     "cannot load the eBPF programs (maps pinned in {} may come from an \
-                     incompatible agent version: `mesh-agent cleanup --pin-dir {}` removes them)",
+                     incompatible agent version: `mesh-agent uninstall --pin-dir {}` removes \
+                     them)",
                     pin_dir.display(),
                     pin_dir.display()
                 )
             })?;
-        {
+        let previous = {
             let map = bpf
                 .map_mut(map_names::CONFIG)
                 .ok_or_else(|| anyhow!("map {} missing", map_names::CONFIG))?;
             let mut array: Array<_, AgentConfig> = Array::try_from(map)?;
+            let previous = array.get(&CONFIG_INDEX, 0)?;
+            let previous = (previous.layout_version != 0).then_some(previous);
+            // The agent being replaced keeps its exemption while it drains.
+            config.previous_agent_cgroup_id = match previous {
+                Some(p) if p.agent_cgroup_id != config.agent_cgroup_id => p.agent_cgroup_id,
+                _ => 0,
+            };
+            config.layout_version = PIN_LAYOUT_VERSION;
             array.set(CONFIG_INDEX, config, 0)?;
-        }
+            previous
+        };
         let mut path = DataPath {
             bpf,
             cgroup: cgroup.to_path_buf(),
+            pin_dir: pin_dir.to_path_buf(),
+            attached: Vec::new(),
+            previous,
         };
         path.attach().with_context(|| {
             format!("cannot attach the programs to cgroup {}", cgroup.display())
@@ -86,6 +114,10 @@ impl DataPath {
     fn attach(&mut self) -> Result<()> {
         let cgroup = File::open(&self.cgroup)
             .with_context(|| format!("cannot open cgroup {}", self.cgroup.display()))?;
+        let cgroup_id = crate::cgroup::cgroup_id(&self.cgroup)?;
+        let links_dir = links::cgroup_links_dir(&self.pin_dir, cgroup_id);
+        std::fs::create_dir_all(&links_dir)
+            .with_context(|| format!("cannot create {}", links_dir.display()))?;
         // Link-based attachment (Linux 5.7+) takes no flags and always coexists with other
         // programs on the cgroup (a CNI, systemd); `Single` is how aya spells "no flags".
         let mode = CgroupAttachMode::Single;
@@ -98,17 +130,53 @@ impl DataPath {
             let prog: &mut CgroupSockAddr = self.program(name)?.try_into()?;
             prog.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
-            prog.attach(&cgroup, mode)?;
+            let how = links::attach_pinned(
+                &links_dir.join(name),
+                program_fd(prog.fd()?)?.as_fd(),
+                || {
+                    let id = prog.attach(&cgroup, mode)?;
+                    Ok(FdLink::try_from(prog.take_link(id)?)?)
+                },
+            )?;
+            self.attached.push((name, how));
         }
-        let sock_ops: &mut SockOps = self.program(program_names::SOCK_OPS)?.try_into()?;
+        let name = program_names::SOCK_OPS;
+        let sock_ops: &mut SockOps = self.program(name)?.try_into()?;
         sock_ops.load().context("verifier rejected sock_ops")?;
-        sock_ops.attach(&cgroup, mode)?;
+        let how = links::attach_pinned(
+            &links_dir.join(name),
+            program_fd(sock_ops.fd()?)?.as_fd(),
+            || {
+                let id = sock_ops.attach(&cgroup, mode)?;
+                Ok(FdLink::try_from(sock_ops.take_link(id)?)?)
+            },
+        )?;
+        self.attached.push((name, how));
 
-        let ingress: &mut CgroupSkb = self.program(program_names::INGRESS)?.try_into()?;
+        let name = program_names::INGRESS;
+        let ingress: &mut CgroupSkb = self.program(name)?.try_into()?;
         ingress
             .load()
             .context("verifier rejected cgroup_skb/ingress")?;
-        ingress.attach(&cgroup, CgroupSkbAttachType::Ingress, mode)?;
+        let how = links::attach_pinned(
+            &links_dir.join(name),
+            program_fd(ingress.fd()?)?.as_fd(),
+            || {
+                let id = ingress.attach(&cgroup, CgroupSkbAttachType::Ingress, mode)?;
+                Ok(FdLink::try_from(ingress.take_link(id)?)?)
+            },
+        )?;
+        self.attached.push((name, how));
+        let stale = links::detach_other_cgroups(&self.pin_dir, cgroup_id)?;
+        if stale > 0 {
+            tracing::info!(
+                links = stale,
+                "detached the programs a previous agent attached to another cgroup"
+            );
+        }
+
+        // sk_msg hangs off this agent's own sockhash, which is not pinned: the sockets in it
+        // are this agent's, and the next agent's sock_ops fills its own.
 
         let socks_fd = {
             let map = self
@@ -204,10 +272,30 @@ fn pinned_layouts() -> [(&'static str, usize, usize, u32); 12] {
     ]
 }
 
+/// A descriptor of a loaded program of our own, so that the program itself stays free to
+/// attach.
+fn program_fd(fd: &aya::programs::ProgramFd) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd as _;
+    Ok(fd.as_fd().try_clone_to_owned()?)
+}
+
+/// What to tell the operator when the pins come from an agent with another map layout.
+fn incompatible(pin_dir: &Path, what: String) -> anyhow::Error {
+    anyhow!(
+        "{what}: the pins under {dir} come from an agent version with another map layout, \
+         which this agent would misread. Stop the old agent and run `mesh-agent uninstall \
+         --pin-dir {dir}` (the node has no mesh policy until this agent starts), then start \
+         this agent",
+        dir = pin_dir.display()
+    )
+}
+
 /// The loader reuses a pinned map of the right name without comparing its definition, so a
 /// map pinned by another agent version (a struct or the counter list changed) would be used
-/// as is and misread. Refuse to start instead.
+/// as is and misread. Refuse to start instead: every map must have the expected sizes, and
+/// the `CONFIG` entry the layout version this agent writes.
 fn check_pins(pin_dir: &Path) -> Result<()> {
+    let config = pin_dir.join(map_names::CONFIG);
     for (name, key, value, entries) in pinned_layouts() {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -221,24 +309,28 @@ fn check_pins(pin_dir: &Path) -> Result<()> {
             info.max_entries(),
         );
         if found != (key, value, entries) {
-            return Err(anyhow!(
-                "pinned map {} has key/value size and capacity {found:?}, this agent expects \
-                 {:?}: it comes from an incompatible agent version (`mesh-agent cleanup \
-                 --pin-dir {}` removes the node's pinned maps)",
-                path.display(),
-                (key, value, entries),
-                pin_dir.display()
+            return Err(incompatible(
+                pin_dir,
+                format!(
+                    "pinned map {name} has key/value size and capacity {found:?}, this agent \
+                     expects {:?}",
+                    (key, value, entries)
+                ),
             ));
         }
     }
-    Ok(())
-}
-
-/// Removes a node's pinned maps (after the agent has stopped for good).
-pub fn remove_pins(pin_dir: &Path) -> Result<()> {
-    if pin_dir.exists() {
-        std::fs::remove_dir_all(pin_dir)
-            .with_context(|| format!("cannot remove {}", pin_dir.display()))?;
+    if config.exists() {
+        let data = MapData::from_pin(&config)
+            .with_context(|| format!("cannot open pinned map {}", config.display()))?;
+        let array: Array<_, AgentConfig> = Array::try_from(Map::Array(data))?;
+        let found = array.get(&CONFIG_INDEX, 0)?.layout_version;
+        // 0: written by an agent that did not know layout versions, or never written.
+        if found != PIN_LAYOUT_VERSION && found != 0 {
+            return Err(incompatible(
+                pin_dir,
+                format!("pinned layout version {found}, this agent's is {PIN_LAYOUT_VERSION}"),
+            ));
+        }
     }
     Ok(())
 }

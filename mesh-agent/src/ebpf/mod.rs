@@ -3,6 +3,7 @@
 mod addr;
 mod events;
 mod level;
+mod links;
 mod load;
 mod maps;
 mod probe;
@@ -11,7 +12,8 @@ mod stats;
 pub use addr::{bytes_to_ip, ip_to_bytes};
 pub use events::spawn_event_reader;
 pub use level::cgroup_level;
-pub use load::{DataPath, remove_pins};
+pub use links::{Attached, Removed, uninstall};
+pub use load::DataPath;
 pub use maps::{Direction, MapContents, SharedMaps, WorkloadFlags};
 pub use probe::require_root;
 pub use stats::{ProgramRuns, ProgramStats};

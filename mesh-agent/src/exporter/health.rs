@@ -149,6 +149,20 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
             ],
         ),
     );
+    let fail_open = k("connect_fail_open");
+    r.register(
+        "connections_without_agent",
+        "connect() calls to meshed destinations while no agent listened (stopped, crashed, \
+         upgrading): refused, or sent direct with node.fail_mode open; the kernel counts them \
+         while the agent is away",
+        counters_by(
+            ["outcome"],
+            [
+                (["refused"], k("connect_no_agent").saturating_sub(fail_open)),
+                (["direct"], fail_open),
+            ],
+        ),
+    );
     let plain: [(&str, &str, u64); 7] = [
         (
             "ringbuf_lost_events",

@@ -104,6 +104,15 @@ impl Proc {
         self.wait()
     }
 
+    /// SIGKILL (a crash: no clean-up runs), then waits.
+    pub fn kill_hard(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        self.wait()
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }

@@ -163,6 +163,8 @@ pub struct MeshSpec {
     pub telemetry_yaml: Option<String>,
     /// Workloads left out of the config, as if their pods had gone (they still run).
     pub absent_workloads: Vec<String>,
+    /// `node.fail_mode` of every node ("closed", "open"); absent: the agent's default.
+    pub fail_mode: Option<String>,
 }
 
 /// Waits until the agent `proc` of `node` logs that it is ready; fails when it exits first or
@@ -244,6 +246,9 @@ impl Mesh {
         let _ = writeln!(y, "  bpffs: {}", self.pin_root().display());
         let _ = writeln!(y, "  fast_path: {}", spec.fast_path);
         let _ = writeln!(y, "  address: {}", n.ip);
+        if let Some(mode) = &spec.fail_mode {
+            let _ = writeln!(y, "  fail_mode: {mode}");
+        }
         let _ = writeln!(y, "nodes:");
         for other in self.sim.nodes().iter().filter(|o| o.name != node) {
             let _ = writeln!(y, "  - name: {}", other.name);

@@ -314,6 +314,48 @@ fn policy_outlives_a_stopped_or_killed_agent_and_uninstall_removes_it() {
     assert_ne!(errno, Some(EPERM), "policy must be gone after uninstall");
 }
 
+/// Pins written by an agent with another map layout are never adopted: the agent refuses to
+/// start, says why and how to proceed, and leaves the node as it was (programs attached).
+#[test]
+fn pins_of_another_layout_version_are_refused_and_left_alone() {
+    let mut mesh = mesh("layout");
+    let spec = standard_topology(&mut mesh);
+    let cgroup = mesh.sim.node("node1").cgroup.clone();
+    mesh.start_agent("node1", &spec).expect("agent");
+    mesh.stop_agent("node1").expect("stop");
+    // The config entry as a future agent would leave it: layout version 99 (at byte 24).
+    let config = mesh.pin_dir("node1").join("MESH_CONFIG");
+    let mut value = vec!["0".to_string(); 32];
+    value[24] = "99".into();
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&config)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(&value)
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool map update: {out:?}");
+
+    let (status, logs) = mesh
+        .start_agent_expecting_failure("node1", &spec)
+        .expect("the agent must refuse");
+    assert!(!status.success());
+    for needle in [
+        "pinned layout version 99, this agent's is",
+        "another map layout",
+        "mesh-agent uninstall --pin-dir",
+    ] {
+        assert!(logs.contains(needle), "expected {needle:?} in:\n{logs}");
+    }
+    assert_all_attached(&cgroup, "after the refusal the old programs still hold");
+
+    let out = mesh.uninstall("node1").expect("uninstall");
+    assert!(out.contains("detached 6 program links"), "{out}");
+    mesh.start_agent("node1", &spec)
+        .expect("a fresh start after uninstall");
+    assert_all_attached(&cgroup, "fresh start");
+}
+
 fn agent() -> std::path::PathBuf {
     Binaries::locate(PROBE).expect("binaries").agent
 }

@@ -254,7 +254,9 @@ mod tests {
     fn fail_mode_is_closed_unless_open_is_written() {
         use super::FailMode;
         let fx = Fixture::new();
-        let cfg = fx.parse("node:\n  name: n\n  cgroup: $D/node\n").expect("default");
+        let cfg = fx
+            .parse("node:\n  name: n\n  cgroup: $D/node\n")
+            .expect("default");
         assert_eq!(cfg.node.fail_mode, FailMode::Closed);
         let cfg = fx
             .parse("node:\n  name: n\n  cgroup: $D/node\n  fail_mode: open\n")

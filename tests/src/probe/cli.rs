@@ -43,6 +43,25 @@ pub enum Command {
     /// Writes raw bytes to a server and prints the HTTP response head as JSON (for requests
     /// curl refuses to send: malformed, oversized).
     RawHttp(RawHttpArgs),
+    /// Short connections to an echo server, one after the other, for a while: one JSON line
+    /// per attempt (wall-clock start, duration, outcome), for tests that break the path
+    /// while it runs.
+    DialLoop(DialLoopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DialLoopArgs {
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// How long to keep dialling.
+    #[arg(long)]
+    pub seconds: f64,
+    /// Pause between two attempts.
+    #[arg(long, default_value_t = 20)]
+    pub interval_ms: u64,
+    /// Connect, send and receive timeout of one attempt.
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ pub mod cli;
 mod connect;
 mod connrate;
 pub mod datagen;
+mod dial_loop;
 mod handlers;
 pub mod http_backend;
 pub mod output;
@@ -48,5 +49,6 @@ pub fn run(cli: &Cli) -> Result<bool> {
             Ok(true)
         }
         Command::RawHttp(a) => raw_http::run(a),
+        Command::DialLoop(a) => Ok(dial_loop::run(a)),
     }
 }

@@ -3,7 +3,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     sync::atomic::Ordering,
@@ -46,13 +45,19 @@ const PATHS: [&str; 10] = [
 /// Lines buffered between the broadcast subscription and the client's socket.
 const STREAM_BUFFER: usize = 64;
 
-pub async fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind admin server on {addr}"))?;
+/// Serves the admin API on `listener` (bound here, or handed over by the previous agent)
+/// until a newer agent takes the node over.
+pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
+    let listener = TcpListener::from_std(listener).context("cannot register the admin listener")?;
+    let drain = shared.transport.drain.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                biased;
+                _ = drain.started() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else {
                 continue;
             };
             let shared = shared.clone();

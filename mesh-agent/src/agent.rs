@@ -6,8 +6,9 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::OwnedFd,
     path::PathBuf,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, Mutex, atomic::AtomicBool},
 };
 
 use anyhow::{Context, Result};
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::{
     ebpf,
     flows::{ClosedFlows, FlowRecord},
+    handover::{Incoming, Outgoing},
     l7::HttpPlane,
     metrics::Telemetry,
     netns,
@@ -63,6 +65,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub programs: Vec<String>,
     pub(crate) listeners: std::sync::Mutex<Vec<ListenerEntry>>,
+    /// The tunnel, admin, metrics and readiness listeners by their handover names (copies:
+    /// the accept loops own the originals), for a newer agent taking the node over.
+    pub fixed_sockets: Mutex<Vec<(String, OwnedFd)>>,
     /// The agent's own cgroup: no workload may be in it.
     pub agent_cgroup_id: u64,
     /// Live connection events for /flows/stream.
@@ -89,11 +94,68 @@ pub struct ListenerInfo {
     pub address: SocketAddr,
 }
 
+impl ListenerInfo {
+    /// The name the listener is handed over under: its namespace and address family, the
+    /// same in both agents whatever path names the namespace.
+    pub fn handover_name(&self) -> String {
+        handover_name(self.netns_inode, self.address)
+    }
+}
+
+fn handover_name(netns_inode: Option<u64>, address: SocketAddr) -> String {
+    let namespace = netns_inode.map_or_else(|| "node".to_owned(), |inode| inode.to_string());
+    let family = if address.is_ipv6() { "v6" } else { "v4" };
+    format!("outbound/{namespace}/{family}")
+}
+
 /// An outbound listener and its accept task (aborting the task closes the socket; accepted
 /// connections run in their own tasks and are not affected).
 pub(crate) struct ListenerEntry {
     info: ListenerInfo,
     task: tokio::task::AbortHandle,
+    /// A copy of the socket for a handover; dropped with the entry or when handing over.
+    socket: Option<OwnedFd>,
+}
+
+impl Outgoing for Shared {
+    fn sockets(&self) -> Vec<(String, OwnedFd)> {
+        let mut sockets = Vec::new();
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let fixed = self.fixed_sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let outbound = listeners
+            .iter()
+            .filter_map(|l| Some((l.info.handover_name(), l.socket.as_ref()?)));
+        let fixed = fixed.iter().map(|(name, fd)| (name.clone(), fd));
+        for (name, fd) in outbound.chain(fixed) {
+            match fd.try_clone() {
+                Ok(copy) => sockets.push((name, copy)),
+                Err(e) => tracing::warn!(name, error = %e, "cannot copy a socket for the handover"),
+            }
+        }
+        sockets
+    }
+
+    fn hand_over(&self) -> usize {
+        // Not ready any more: probes and /status tell the newer agent from this one.
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.transport.drain.start();
+        // The newer agent holds the listening sockets now; this agent's copies go, and its
+        // accept loops end on the drain.
+        for entry in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            entry.socket = None;
+        }
+        self.fixed_sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.transport.drain.active()
+    }
 }
 
 /// A network namespace a listener is wanted in: its path and inode (None: the host's).
@@ -163,12 +225,33 @@ impl Shared {
         self: &Arc<Self>,
         listener: std::net::TcpListener,
         info: ListenerInfo,
-    ) {
+    ) -> Result<()> {
+        let socket = listener
+            .try_clone()
+            .map(OwnedFd::from)
+            .with_context(|| format!("cannot copy the outbound listener {}", info.address))?;
         let task = proxy::outbound::spawn_listener(listener, info.netns_cookie, self.proxy.clone());
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(ListenerEntry { info, task });
+            .push(ListenerEntry {
+                info,
+                task,
+                socket: Some(socket),
+            });
+        Ok(())
+    }
+
+    /// Keeps a copy of a fixed listener (tunnel, admin, metrics, readiness) for a handover.
+    pub fn keep_for_handover(&self, name: &str, listener: &std::net::TcpListener) -> Result<()> {
+        let copy = listener
+            .try_clone()
+            .with_context(|| format!("cannot copy the {name} listener"))?;
+        self.fixed_sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_owned(), OwnedFd::from(copy)));
+        Ok(())
     }
 
     /// (namespace cookie, port) of every outbound listener, for the kernel's listener map.
@@ -225,9 +308,17 @@ fn wanted_namespaces(state: &State) -> Result<Vec<WantedNamespace>> {
     Ok(namespaces)
 }
 
-/// Opens the outbound listener in the host namespace and in every pod namespace.
-pub(crate) fn open_listeners(state: &State) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
-    open_listeners_in(state.node.outbound_port, wanted_namespaces(state)?)
+/// Opens the outbound listener in the host namespace and in every pod namespace, or takes
+/// the one the previous agent handed over.
+pub(crate) fn open_listeners(
+    state: &State,
+    incoming: Option<&mut Incoming>,
+) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
+    open_listeners_in(
+        state.node.outbound_port,
+        wanted_namespaces(state)?,
+        incoming,
+    )
 }
 
 /// After a config change: opens listeners in the pod namespaces that have none yet and
@@ -239,11 +330,11 @@ pub fn open_missing_listeners(shared: &Arc<Shared>, state: &State) -> Result<usi
         .into_iter()
         .filter(|(_, inode)| !have.contains(inode))
         .collect();
-    let opened = open_listeners_in(state.node.outbound_port, missing)
+    let opened = open_listeners_in(state.node.outbound_port, missing, None)
         .context("cannot open outbound listeners for new pods")?;
     let count = opened.len();
     for (listener, info) in opened {
-        shared.add_listener(listener, info);
+        shared.add_listener(listener, info)?;
     }
     Ok(count)
 }
@@ -251,11 +342,23 @@ pub fn open_missing_listeners(shared: &Arc<Shared>, state: &State) -> Result<usi
 fn open_listeners_in(
     port: u16,
     namespaces: Vec<WantedNamespace>,
+    mut incoming: Option<&mut Incoming>,
 ) -> Result<Vec<(std::net::TcpListener, ListenerInfo)>> {
     let mut out = Vec::new();
     for (ns, netns_inode) in namespaces {
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        let listener = netns::listen_in(ns.as_deref(), v4)?;
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
+        let mut handed_over = |address: SocketAddr| {
+            incoming.as_deref_mut().and_then(|incoming| {
+                incoming.tcp(&handover_name(netns_inode, address), Some(address), port)
+            })
+        };
+        let taken_v4 = handed_over(v4);
+        let taken_v6 = handed_over(v6);
+        let listener = match taken_v4 {
+            Some(listener) => listener,
+            None => netns::listen_in(ns.as_deref(), v4)?,
+        };
         let cookie = netns::netns_cookie(&listener)?;
         out.push((
             listener,
@@ -267,8 +370,11 @@ fn open_listeners_in(
             },
         ));
         // IPv6 loopback may be disabled in a namespace; IPv4 redirect still works then.
-        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
-        match netns::listen_in(ns.as_deref(), v6) {
+        let v6_listener = match taken_v6 {
+            Some(listener) => Ok(listener),
+            None => netns::listen_in(ns.as_deref(), v6),
+        };
+        match v6_listener {
             Ok(listener) => out.push((
                 listener,
                 ListenerInfo {

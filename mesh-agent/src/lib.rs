@@ -12,6 +12,7 @@ pub mod config;
 pub mod ebpf;
 pub mod exporter;
 pub mod flows;
+pub mod handover;
 pub mod identity;
 pub mod k8s;
 pub mod l7;

@@ -1,7 +1,16 @@
 //! `mesh-agent run`: wires the kernel data path, the model, the proxy and the admin server
-//! together and runs until SIGTERM/SIGINT; the programs stay attached when it exits.
+//! together and runs until SIGTERM/SIGINT, or until a newer agent has taken the node over
+//! and this one has drained; the programs stay attached when it exits.
+//!
+//! When an agent of the node already runs, this one takes its listening sockets over
+//! (`handover`) instead of binding, and tells it to drain once it is ready itself.
 
-use std::{path::PathBuf, sync::Arc, sync::atomic::AtomicBool};
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    sync::Arc,
+    sync::atomic::AtomicBool,
+};
 
 use anyhow::{Context, Result};
 use mesh_common::AgentConfig;
@@ -14,6 +23,7 @@ use crate::{
     config::{Config, FailMode},
     ebpf::{self, DataPath},
     flows::ClosedFlows,
+    handover::{self, Incoming},
     identity::{self, Ca, IdentityManager},
     l7::HttpPlane,
     metrics::Telemetry,
@@ -41,6 +51,24 @@ fn start_identity(state: &State) -> Result<Arc<IdentityManager>> {
     Ok(manager)
 }
 
+/// A fixed listener: the previous agent's when it handed one over that matches the config,
+/// else bound here.
+fn listener(
+    incoming: Option<&mut Incoming>,
+    name: &str,
+    address: SocketAddr,
+) -> Result<TcpListener> {
+    if let Some(listener) =
+        incoming.and_then(|incoming| incoming.tcp(name, Some(address), address.port()))
+    {
+        return Ok(listener);
+    }
+    let listener = TcpListener::bind(address)
+        .with_context(|| format!("cannot bind the {name} endpoint on {address}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 pub async fn run(
     config: Config,
     config_source: String,
@@ -53,8 +81,42 @@ pub async fn run(
     let state = State::build(config, None)?;
     let identity = start_identity(&state)?;
     let tunnel_tls = identity::tls::server_config(identity.clone())?;
-    let tunnel_listener = proxy::inbound::bind(state.node.address, state.node.tunnel_port)?;
     let node = state.node.clone();
+    // An agent already serving this node hands its listening sockets over; without one
+    // this agent binds its own.
+    let handover_path = handover::socket_path(&node.state_dir, &node.name);
+    let mut incoming = handover::take_over(&handover_path).with_context(|| {
+        format!(
+            "an agent already runs on node {} ({}) and the takeover failed; stop it first or fix the cause",
+            node.name,
+            handover_path.display()
+        )
+    })?;
+    if let Some(incoming) = &incoming {
+        tracing::info!(
+            previous_pid = incoming.previous_pid,
+            sockets = incoming.names().len(),
+            "an agent runs on this node: taking its listening sockets over"
+        );
+    }
+    let tunnel_listener = match incoming.as_mut().and_then(|incoming| {
+        let address = node.address.map(|ip| SocketAddr::new(ip, node.tunnel_port));
+        incoming.tcp("tunnel", address, node.tunnel_port)
+    }) {
+        Some(listener) => listener,
+        None => proxy::inbound::bind(node.address, node.tunnel_port)?,
+    };
+    let admin_listener = listener(incoming.as_mut(), "admin", node.admin)?;
+    let metrics_listener = listener(
+        incoming.as_mut(),
+        "metrics",
+        state.config.telemetry.metrics_address,
+    )?;
+    let readiness_listener = listener(
+        incoming.as_mut(),
+        "readiness",
+        state.config.telemetry.readiness_address,
+    )?;
     let agent_cgroup = cgroup::own_cgroup()?;
     let agent_cgroup_id = cgroup::cgroup_id(&agent_cgroup)?;
     if state
@@ -95,7 +157,8 @@ pub async fn run(
     let program_stats =
         ebpf::ProgramStats::new(datapath.program_ids(), state.config.telemetry.program_stats);
     let telemetry_settings = state.config.telemetry.clone();
-    let listeners = open_listeners(&state).context("cannot open outbound listeners")?;
+    let listeners =
+        open_listeners(&state, incoming.as_mut()).context("cannot open outbound listeners")?;
     let cookies: Vec<(u64, u16)> = listeners
         .iter()
         .map(|(_, info)| (info.netns_cookie, node.outbound_port))
@@ -121,6 +184,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         programs: datapath.program_names(),
         listeners: std::sync::Mutex::new(Vec::new()),
+        fixed_sockets: Default::default(),
         agent_cgroup_id,
         flow_events: Default::default(),
         log,
@@ -135,6 +199,10 @@ pub async fn run(
         .tunnels
         .prepare(&shared.state().local_identities())?;
     identity.spawn_rotation();
+    shared.keep_for_handover("tunnel", &tunnel_listener)?;
+    shared.keep_for_handover("admin", &admin_listener)?;
+    shared.keep_for_handover("metrics", &metrics_listener)?;
+    shared.keep_for_handover("readiness", &readiness_listener)?;
     proxy::inbound::spawn_listener(tunnel_listener, tunnel_tls, shared.proxy.clone())?;
     if let Some(ring) = events {
         let shared = shared.clone();
@@ -142,15 +210,10 @@ pub async fn run(
     }
     crate::flows::spawn_open_poller(shared.clone());
     for (listener, info) in listeners {
-        shared.add_listener(listener, info);
+        shared.add_listener(listener, info)?;
     }
-    admin::spawn(node.admin, shared.clone()).await?;
-    crate::exporter::server::spawn(
-        telemetry_settings.metrics_address,
-        telemetry_settings.readiness_address,
-        shared.clone(),
-    )
-    .await?;
+    admin::spawn(admin_listener, shared.clone())?;
+    crate::exporter::server::spawn(metrics_listener, readiness_listener, shared.clone())?;
     shared.config_reloads.succeeded();
     // The cluster's objects join the file's once every watcher has listed; readiness waits.
     let file_config = shared.state().config.clone();
@@ -175,11 +238,67 @@ pub async fn run(
         "mesh-agent ready"
     );
 
+    // Everything serves here now: the previous agent may step back.
+    if let Some(incoming) = incoming {
+        let previous_pid = incoming.previous_pid;
+        match incoming.complete() {
+            Ok(connections) => tracing::info!(
+                previous_pid,
+                connections,
+                "took the node over; the previous agent drains its connections"
+            ),
+            Err(e) => tracing::warn!(
+                previous_pid,
+                error = format!("{e:#}"),
+                "the previous agent did not confirm the handover; both serve until it exits"
+            ),
+        }
+    }
+    if let Err(e) = handover::serve(&handover_path, shared.clone()) {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "no handover socket: a restart of this agent will not be hitless"
+        );
+    }
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let drain = shared.transport.drain.clone();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = drain.started() => {
+            let timeout = shared.state().config.node.drain_timeout;
+            tracing::info!(
+                connections = drain.active(),
+                timeout = ?timeout,
+                "a newer agent took the node over: draining"
+            );
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = drain.idle() => {
+                        tracing::info!("drained: every connection ended");
+                        break;
+                    }
+                    _ = &mut deadline => {
+                        tracing::warn!(
+                            connections = drain.active(),
+                            "drain timeout: closing the connections left"
+                        );
+                        break;
+                    }
+                    // The orchestrator stopping the old pod once the new one is ready: the
+                    // connections it carries still deserve their drain.
+                    _ = term.recv() => tracing::info!("SIGTERM while draining: draining on"),
+                    _ = int.recv() => {
+                        tracing::info!("SIGINT while draining: stopping now");
+                        break;
+                    }
+                }
+            }
+        }
     }
     shared
         .ready

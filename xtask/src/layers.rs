@@ -29,7 +29,10 @@ use syn::visit::Visit;
 
 /// Layers from the bottom up, and the modules in each (by path from the crate root).
 pub const LAYERS: &[(&str, &[&str])] = &[
-    ("kernel", &["ebpf", "cgroup", "netns", "planted"]),
+    (
+        "kernel",
+        &["ebpf", "cgroup", "netns", "planted", "handover"],
+    ),
     (
         "model",
         &["config", "state", "routing", "policy", "identity"],

@@ -12,8 +12,9 @@ use serde_saphyr::Spanned;
 pub(super) use super::checker::PathChecks;
 use super::checker::{Checker, ConfigError, ConfigErrors};
 use super::{
-    Config, DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_OUTBOUND_PORT, DEFAULT_TUNNEL_PORT, FailMode,
-    HttpSettings, IdentityConfig, NodeConfig, RawConfig, TelemetrySettings,
+    Config, DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_OUTBOUND_PORT,
+    DEFAULT_STATE_DIR, DEFAULT_TUNNEL_PORT, FailMode, HttpSettings, IdentityConfig, NodeConfig,
+    RawConfig, TelemetrySettings,
 };
 
 /// The configuration compiled into the binary, used when no file is given.
@@ -80,6 +81,8 @@ fn builtin_default() -> Config {
             address: None,
             tunnel_port: DEFAULT_TUNNEL_PORT,
             fail_mode: FailMode::Closed,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         },
         nodes: Vec::new(),
         identity: IdentityConfig::default(),

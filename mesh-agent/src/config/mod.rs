@@ -52,7 +52,8 @@ pub use kubernetes::check_api_policy;
 pub use kubernetes::{CgroupDriver, KubernetesConfig};
 pub use load::{check_file, embedded_default, load_file, parse_str};
 pub use node::{
-    DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_OUTBOUND_PORT, DEFAULT_TUNNEL_PORT, FailMode, NodeConfig,
+    DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_OUTBOUND_PORT, DEFAULT_STATE_DIR,
+    DEFAULT_TUNNEL_PORT, FailMode, NodeConfig,
 };
 pub use nodes::PeerNode;
 pub use routes::{

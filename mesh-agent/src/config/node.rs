@@ -1,16 +1,20 @@
 //! The `node:` section: the node the agent runs on (its name, its cgroup and bpffs
 //! directories), the agent's listeners on it (transparent outbound port, admin endpoint, mTLS
-//! tunnel port), the sk_msg fast path, the node's address, and what connects do while no agent
-//! runs (`fail_mode`).
+//! tunnel port), the sk_msg fast path, the node's address, what connects do while no agent
+//! runs (`fail_mode`), and how a newer agent takes over from this one (`state_dir`,
+//! `drain_timeout`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::checker::{Checker, ConfigError};
 use super::raw::Text;
-use super::scalars::{is_node_name, quote};
+use super::scalars::{
+    DurationText, clean, format_duration, is_node_name, parse_duration, quote, serialize_duration,
+};
 
 /// Where BPF maps are pinned when `node.bpffs` is not set.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/mesh-agent";
@@ -21,6 +25,13 @@ pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 /// The inbound mTLS tunnel listener port when `node.tunnel_port` is not set.
 pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
+/// Where the handover socket lives when `node.state_dir` is not set.
+pub const DEFAULT_STATE_DIR: &str = "/run/mesh-agent";
+/// How long an agent that handed the node over keeps carrying its connections.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Units of `node.drain_timeout`, in milliseconds.
+const DRAIN_TIMEOUT_UNITS: &[(&str, u64)] = &[("ms", 1), ("s", 1000), ("m", 60_000)];
 
 /// Settings of the node the agent runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,6 +56,13 @@ pub struct NodeConfig {
     pub tunnel_port: u16,
     /// What a connect to a meshed destination does while no agent runs on the node.
     pub fail_mode: FailMode,
+    /// Directory of the agent's runtime state: `<state_dir>/<name>/handover.sock`, where a
+    /// newer agent of this node asks for the listening sockets.
+    pub state_dir: PathBuf,
+    /// After handing the node over, how long this agent keeps relaying the connections it
+    /// carries before it exits anyway.
+    #[serde(serialize_with = "serialize_duration")]
+    pub drain_timeout: Duration,
 }
 
 /// What the kernel does with a connect to a meshed destination while no agent listens
@@ -89,6 +107,10 @@ pub(super) struct RawNode {
     tunnel_port: Option<Text>,
     #[serde(default)]
     fail_mode: Option<Text>,
+    #[serde(default)]
+    state_dir: Option<Text>,
+    #[serde(default)]
+    drain_timeout: Option<Text>,
 }
 
 impl Checker<'_> {
@@ -129,6 +151,14 @@ impl Checker<'_> {
         let fail_mode = match &raw.fail_mode {
             Some(m) => self.keep(self.fail_mode(m)),
             None => Some(FailMode::default()),
+        };
+        let state_dir = match &raw.state_dir {
+            Some(p) => self.keep(self.absolute(p, "state_dir")),
+            None => None,
+        };
+        let drain_timeout = match &raw.drain_timeout {
+            Some(d) => self.keep(self.drain_timeout(d)),
+            None => None,
         };
         // The tunnel listener binds every address, so it would collide with
         // the other listeners of the agent on the same port. Only ports that
@@ -176,7 +206,35 @@ impl Checker<'_> {
             address,
             tunnel_port: tunnel_port.unwrap_or(DEFAULT_TUNNEL_PORT),
             fail_mode: fail_mode.unwrap_or_default(),
+            state_dir: state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            drain_timeout: drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         })
+    }
+
+    /// A whole number and a unit (`500ms`, `60s`, `5m`), at most an hour.
+    fn drain_timeout(&self, raw: &Text) -> Result<Duration, ConfigError> {
+        let text = raw.value.trim();
+        let too_long = || {
+            self.err(
+                raw.referenced,
+                format!(
+                    "drain_timeout {} is too long: the maximum is {}",
+                    clean(text),
+                    format_duration(&MAX_DRAIN_TIMEOUT)
+                ),
+            )
+        };
+        match parse_duration(text, DRAIN_TIMEOUT_UNITS) {
+            DurationText::Valid(d) if d <= MAX_DRAIN_TIMEOUT => Ok(d),
+            DurationText::Valid(_) | DurationText::TooLarge => Err(too_long()),
+            DurationText::Invalid => Err(self.err(
+                raw.referenced,
+                format!(
+                    "invalid drain_timeout {}: expected a whole number and a unit ms, s or m, such as 60s",
+                    quote(&raw.value)
+                ),
+            )),
+        }
     }
 
     fn fail_mode(&self, raw: &Text) -> Result<FailMode, ConfigError> {
@@ -266,6 +324,40 @@ mod tests {
             "node:\n  name: n\n  cgroup: $D/node\n  fail_mode: OPEN-ish\n",
             4,
             "invalid fail_mode `OPEN-ish`: expected closed or open",
+        );
+    }
+
+    #[test]
+    fn drain_timeout_and_state_dir() {
+        use std::time::Duration;
+        let fx = Fixture::new();
+        let cfg = fx
+            .parse("node:\n  name: n\n  cgroup: $D/node\n")
+            .expect("defaults");
+        assert_eq!(cfg.node.drain_timeout, super::DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(
+            cfg.node.state_dir,
+            std::path::Path::new(super::DEFAULT_STATE_DIR)
+        );
+        let cfg = fx
+            .parse("node:\n  name: n\n  cgroup: $D/node\n  drain_timeout: 1500ms\n  state_dir: /var/run/x\n")
+            .expect("set");
+        assert_eq!(cfg.node.drain_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.node.state_dir, std::path::Path::new("/var/run/x"));
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  drain_timeout: 61m\n",
+            4,
+            "drain_timeout 61m is too long: the maximum is 1h",
+        );
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  drain_timeout: soon\n",
+            4,
+            "invalid drain_timeout `soon`: expected a whole number and a unit ms, s or m",
+        );
+        fx.fails(
+            "node:\n  name: n\n  cgroup: $D/node\n  state_dir: run/here\n",
+            4,
+            "state_dir",
         );
     }
 

@@ -2,7 +2,7 @@
 //! readiness endpoint (:15021, GET /healthz/ready), each on its own listener so that a probe
 //! never waits behind a large scrape.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use http_body_util::Full;
@@ -32,8 +32,15 @@ where
     F: Fn(Request<hyper::body::Incoming>, Arc<Shared>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let drain = shared.transport.drain.clone();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        // After a handover the newer agent answers on this socket.
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.started() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let shared = shared.clone();
@@ -50,16 +57,17 @@ where
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind the {what} endpoint on {addr}"))
-}
-
-/// Binds both listeners (so that a port in use fails the start) and serves them.
-pub async fn spawn(metrics: SocketAddr, readiness: SocketAddr, shared: Arc<Shared>) -> Result<()> {
-    let metrics_listener = bind(metrics, "metrics").await?;
-    let readiness_listener = bind(readiness, "readiness").await?;
+/// Serves both endpoints on their listeners (bound by the caller, so that a port in use
+/// fails the start, or handed over by the previous agent).
+pub fn spawn(
+    metrics: std::net::TcpListener,
+    readiness: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let metrics_listener =
+        TcpListener::from_std(metrics).context("cannot register the metrics listener")?;
+    let readiness_listener =
+        TcpListener::from_std(readiness).context("cannot register the readiness listener")?;
     tokio::spawn(serve(metrics_listener, shared.clone(), metrics_handler));
     tokio::spawn(serve(readiness_listener, shared.clone(), readiness_handler));
     tokio::spawn(async move {

@@ -89,14 +89,24 @@ pub async fn serve(client: TcpStream, conn: Connection) {
         builder = builder.http2_only();
     }
     let peer = conn.peer;
+    let http = conn.http.clone();
     let service = service_fn(move |request| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&conn, request).await) }
     });
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(client), service)
-        .await
-    {
+    let drain = http.transport.drain.clone();
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = drain.started() => {
+            // A newer agent took over: HTTP/2 clients get GOAWAY, an idle HTTP/1.1
+            // connection closes; requests in flight finish here.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }

@@ -7,6 +7,10 @@
 //!
 //! The certificate serial is part of the key for the same reason as in the tunnel pool:
 //! after a rotation new requests go over connections made with the new certificate.
+//!
+//! A connection on a tunnel stream remembers its session's health: once the session is
+//! retired (the peer's agent handed its node over and said GOAWAY), the connection takes no
+//! new requests, so that the old agent can finish and new requests reach the new one.
 
 use std::{
     collections::HashMap,
@@ -33,7 +37,7 @@ use crate::{
     transport::{
         Transport,
         dial::{DialError, Io, dial},
-        tunnel::{CONNECTION_WINDOW, STREAM_WINDOW},
+        tunnel::{CONNECTION_WINDOW, STREAM_WINDOW, SessionHealth},
     },
 };
 
@@ -83,11 +87,25 @@ struct Key {
     endpoint: SocketAddr,
 }
 
+/// A pooled connection and, when it rides a tunnel stream, its session's health.
+#[derive(Clone)]
+struct Pooled<S> {
+    sender: S,
+    session: Option<SessionHealth>,
+}
+
+impl<S> Pooled<S> {
+    /// Whether the connection may take another request.
+    fn usable(&self, closed: impl Fn(&S) -> bool) -> bool {
+        !closed(&self.sender) && !self.session.as_ref().is_some_and(SessionHealth::is_retired)
+    }
+}
+
 /// The HTTP/2 connection of one key. Requests clone the open sender under a short std mutex;
 /// only opening a connection waits on the async one.
 #[derive(Default)]
 struct H2Connection {
-    sender: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    sender: Mutex<Option<Pooled<http2::SendRequest<ReqBody>>>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -97,8 +115,8 @@ impl H2Connection {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .filter(|s| !s.is_closed())
-            .cloned()
+            .filter(|p| p.usable(http2::SendRequest::is_closed))
+            .map(|p| p.sender.clone())
     }
 }
 
@@ -106,7 +124,7 @@ type H2Slot = Arc<H2Connection>;
 
 #[derive(Default)]
 pub struct UpstreamPool {
-    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>>,
+    h1: Mutex<HashMap<Key, Vec<Pooled<http1::SendRequest<ReqBody>>>>>,
     h2: Mutex<HashMap<Key, H2Slot>>,
     pub stats: UpstreamStats,
 }
@@ -165,11 +183,11 @@ impl UpstreamPool {
         let mut request = request;
         // A pooled connection may have been closed by the backend just now; hyper hands the
         // request back when it was not sent, and it then goes on a new connection.
-        while let Some(mut sender) = self.idle_h1(&key) {
-            match sender.try_send_request(request).await {
+        while let Some(mut pooled) = self.idle_h1(&key) {
+            match pooled.sender.try_send_request(request).await {
                 Ok(response) => {
                     self.stats.requests_reused.fetch_add(1, Ordering::Relaxed);
-                    self.return_h1(key, sender);
+                    self.return_h1(key, pooled);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {
@@ -178,12 +196,13 @@ impl UpstreamPool {
                 },
             }
         }
-        let mut sender = self.open_h1(transport, source, upstream, false).await?;
-        let response = sender
+        let mut pooled = self.open_h1(transport, source, upstream, false).await?;
+        let response = pooled
+            .sender
             .send_request(request)
             .await
             .map_err(SendError::Request)?;
-        self.return_h1(key, sender);
+        self.return_h1(key, pooled);
         Ok(response)
     }
 
@@ -197,8 +216,9 @@ impl UpstreamPool {
         upstream: &Upstream,
         request: Request<ReqBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = self.open_h1(transport, source, upstream, true).await?;
-        sender
+        let mut pooled = self.open_h1(transport, source, upstream, true).await?;
+        pooled
+            .sender
             .send_request(request)
             .await
             .map_err(SendError::Request)
@@ -213,8 +233,8 @@ impl UpstreamPool {
         source: &Source<'_>,
         upstream: &Upstream,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
-        let io = self.connect(transport, source, upstream).await?;
+    ) -> Result<Pooled<http1::SendRequest<ReqBody>>, SendError> {
+        let (io, session) = self.connect(transport, source, upstream).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
@@ -231,20 +251,22 @@ impl UpstreamPool {
             }
         });
         sender.ready().await.map_err(SendError::Request)?;
-        Ok(sender)
+        Ok(Pooled { sender, session })
     }
 
     /// An idle, ready connection of `key`; closed ones are dropped on the way. A connection
     /// whose previous response body is still streaming is not ready and stays pooled.
-    fn idle_h1(&self, key: &Key) -> Option<http1::SendRequest<ReqBody>> {
+    fn idle_h1(&self, key: &Key) -> Option<Pooled<http1::SendRequest<ReqBody>>> {
         let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let list = pool.get_mut(key)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(|s| s.is_ready())?;
+        // Dropping a connection of a retired session closes its tunnel stream, which lets
+        // the old agent finish its drain.
+        list.retain(|p| p.usable(http1::SendRequest::is_closed));
+        let ready = list.iter().position(|p| p.sender.is_ready())?;
         Some(list.swap_remove(ready))
     }
 
-    fn return_h1(&self, key: Key, sender: http1::SendRequest<ReqBody>) {
+    fn return_h1(&self, key: Key, sender: Pooled<http1::SendRequest<ReqBody>>) {
         let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let list = pool.entry(key).or_default();
         if list.len() < MAX_IDLE_H1 {
@@ -287,9 +309,9 @@ impl UpstreamPool {
                 match slot.open() {
                     Some(s) => s,
                     None => {
-                        let sender = self.connect_h2(transport, source, upstream).await?;
-                        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(sender.clone());
+                        let pooled = self.connect_h2(transport, source, upstream).await?;
+                        let sender = pooled.sender.clone();
+                        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(pooled);
                         sender
                     }
                 }
@@ -307,8 +329,8 @@ impl UpstreamPool {
         transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
-    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
-        let io = self.connect(transport, source, upstream).await?;
+    ) -> Result<Pooled<http2::SendRequest<ReqBody>>, SendError> {
+        let (io, session) = self.connect(transport, source, upstream).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -323,7 +345,7 @@ impl UpstreamPool {
                 tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        Ok(sender)
+        Ok(Pooled { sender, session })
     }
 
     /// A byte stream to the endpoint, the way the L4 path would make it.
@@ -332,7 +354,7 @@ impl UpstreamPool {
         transport: &Transport,
         source: &Source<'_>,
         upstream: &Upstream,
-    ) -> Result<BoxIo, SendError> {
+    ) -> Result<(BoxIo, Option<SessionHealth>), SendError> {
         let io = connect_stream(transport, source, upstream).await;
         match &io {
             Ok(_) => self
@@ -349,9 +371,9 @@ async fn connect_stream(
     transport: &Transport,
     source: &Source<'_>,
     upstream: &Upstream,
-) -> Result<BoxIo, SendError> {
+) -> Result<(BoxIo, Option<SessionHealth>), SendError> {
     match dial(transport, source, upstream, Some(CONNECT_TIMEOUT)).await {
-        Ok(io) => Ok(TokioIo::new(io)),
+        Ok(dialed) => Ok((TokioIo::new(dialed.io), dialed.session)),
         Err(DialError::Refused(reason)) => Err(SendError::Refused(reason)),
         Err(DialError::Failed(e)) => Err(SendError::Connect(e)),
     }

@@ -66,9 +66,16 @@ pub fn spawn_listener(
 ) -> Result<()> {
     let listener = TcpListener::from_std(listener).context("register tunnel listener")?;
     let acceptor = TlsAcceptor::from(tls);
+    let drain = plane.transport.drain.clone();
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            // After a handover the newer agent accepts from this socket.
+            let accepted = tokio::select! {
+                biased;
+                _ = drain.started() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "tunnel accept failed");
@@ -139,13 +146,23 @@ async fn serve_session(
         let cert = cert.clone();
         async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, &cert, plane).await) }
     });
-    let result = http2::Builder::new(TokioExecutor::new())
+    let session = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(tunnel::STREAM_WINDOW)
         .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
         .max_frame_size(tunnel::MAX_FRAME)
         .max_send_buf_size(tunnel::SEND_BUFFER)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(session);
+    let drain = plane.transport.drain.clone();
+    let result = tokio::select! {
+        result = session.as_mut() => result,
+        _ = drain.started() => {
+            // GOAWAY: the peer opens new streams on a session with the newer agent, while
+            // the streams it has run on here until they end.
+            session.as_mut().graceful_shutdown();
+            session.await
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "tunnel session ended with an error");
     }
@@ -210,7 +227,9 @@ async fn handle_stream(
     } else {
         None
     };
+    let carried = transport.drain.track();
     tokio::spawn(async move {
+        let _carried = carried;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -57,8 +57,16 @@ pub fn spawn_listener(
                 return;
             }
         };
+        let drain = plane.transport.drain.clone();
         loop {
-            let (client, peer) = match listener.accept().await {
+            // Once a newer agent has taken over, it accepts from this same socket; this
+            // agent only finishes what it has.
+            let accepted = tokio::select! {
+                biased;
+                _ = drain.started() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (client, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -67,7 +75,9 @@ pub fn spawn_listener(
             };
             plane.stats.accepted.fetch_add(1, Ordering::Relaxed);
             let plane = plane.clone();
+            let carried = drain.track();
             tokio::spawn(async move {
+                let _carried = carried;
                 if let Err(e) = handle(client, peer, netns_cookie, &plane).await {
                     plane.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%peer, error = format!("{e:#}"), "outbound connection failed");
@@ -221,7 +231,7 @@ async fn handle(
     };
     // The kernel's SYN retries bound a direct connect, as they would without the mesh.
     let stream = match dial(transport, &source, &upstream, None).await {
-        Ok(stream) => stream,
+        Ok(dialed) => dialed.io,
         Err(e) => {
             return refuse(
                 client,

@@ -59,6 +59,11 @@ pub(super) fn apply(shared: &Arc<Shared>, config: Config) -> Result<String> {
     let _serialised = APPLY_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if shared.transport.drain.is_draining() {
+        bail!(
+            "a newer agent has taken the node over and this one only drains; the newer agent applies config changes"
+        );
+    }
     let current = shared.state();
     refuse_restart_only_changes(&current.config, &config)?;
     let authorization_changed = current.config.authorization != config.authorization;

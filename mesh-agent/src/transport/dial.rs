@@ -14,7 +14,7 @@ use tokio::{
 use super::{
     Transport,
     local::{Refusal, open_local},
-    tunnel::ConnectRefused,
+    tunnel::{ConnectRefused, SessionHealth},
 };
 use crate::{
     identity::SpiffeId,
@@ -25,6 +25,19 @@ use crate::{
 /// Anything a connection to an endpoint can be.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An opened stream, and for a tunnel stream the health of its session (a connection pooled
+/// on the stream stops taking requests once the session is retired).
+pub struct Dialed {
+    pub io: Box<dyn Io>,
+    pub session: Option<SessionHealth>,
+}
+
+impl Dialed {
+    fn plain(io: Box<dyn Io>) -> Dialed {
+        Dialed { io, session: None }
+    }
+}
 
 /// Who is sending, from where.
 pub struct Source<'a> {
@@ -54,7 +67,7 @@ pub async fn dial(
     source: &Source<'_>,
     upstream: &Upstream,
     direct_timeout: Option<Duration>,
-) -> Result<Box<dyn Io>, DialError> {
+) -> Result<Dialed, DialError> {
     let addr = upstream.addr;
     match &upstream.via {
         Via::Direct => {
@@ -68,11 +81,11 @@ pub async fn dial(
             .map_err(|e| DialError::Failed(anyhow::anyhow!("connect to {addr}: {e}")))?;
             let _ = tcp.set_nodelay(true);
             transport.own_stream(&tcp);
-            Ok(Box::new(tcp))
+            Ok(Dialed::plain(Box::new(tcp)))
         }
         Via::Local => {
             match open_local(transport, source.identity, source.peer, source.origin, addr).await {
-                Ok(tcp) => Ok(Box::new(tcp)),
+                Ok(tcp) => Ok(Dialed::plain(Box::new(tcp))),
                 Err(Refusal::Denied(d)) => Err(DialError::Refused(format!("{addr}: {d:?}"))),
                 Err(e) => Err(DialError::Failed(anyhow::anyhow!(e))),
             }
@@ -89,7 +102,10 @@ pub async fn dial(
                 )
                 .await;
             match opened {
-                Ok(stream) => Ok(Box::new(stream)),
+                Ok((stream, session)) => Ok(Dialed {
+                    io: Box::new(stream),
+                    session: Some(session),
+                }),
                 Err(e) => Err(match e.downcast_ref::<ConnectRefused>() {
                     Some(r) if r.status == StatusCode::FORBIDDEN => {
                         DialError::Refused(r.to_string())

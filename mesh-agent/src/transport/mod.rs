@@ -6,8 +6,10 @@
 //! [`Transport`] is the data path's handle on the running agent: the model in force, the
 //! kernel maps, the identities, the tunnel client pool and a [`sink::ConnectionSink`]
 //! telemetry implements. The agent's wiring (`runtime`) makes one and hands it down.
+//! [`drain::Drain`] tells every listener and connection when a newer agent has taken over.
 
 pub mod dial;
+pub mod drain;
 pub mod local;
 pub mod relay;
 pub mod sink;
@@ -34,6 +36,8 @@ pub struct Transport {
     pub inbound_stats: local::InboundStats,
     /// Where connections are reported (telemetry's TCP accounting).
     pub sink: Arc<dyn sink::ConnectionSink>,
+    /// Set when a newer agent took the node over: accept loops end, connections finish.
+    pub drain: drain::Drain,
 }
 
 impl Transport {
@@ -50,6 +54,7 @@ impl Transport {
             identity,
             inbound_stats: Default::default(),
             sink,
+            drain: Default::default(),
         }
     }
 

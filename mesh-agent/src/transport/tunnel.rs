@@ -6,6 +6,11 @@
 //! per connection. The serial is part of the key so that after a rotation new streams open a
 //! new session presenting the new certificate, while streams on the old session run on
 //! undisturbed until they end.
+//!
+//! When the peer's agent hands its node over to a newer agent, its sessions send GOAWAY: a
+//! CONNECT that finds its session going away is handed back unsent and opened once more on a
+//! new session (with the newer agent), and the old session is marked retired
+//! ([`SessionHealth`]) so that HTTP connections pooled on its streams take no new requests.
 
 use std::{
     collections::HashMap,
@@ -87,7 +92,36 @@ pub struct SessionInfo {
 struct Session {
     sender: http2::SendRequest<Empty<Bytes>>,
     info: SessionInfo,
+    health: SessionHealth,
 }
+
+/// Whether a session still takes new streams. A stream's holder (an HTTP/1.1 or HTTP/2
+/// connection pooled on it) checks it before reusing the stream for another request.
+#[derive(Clone, Debug, Default)]
+pub struct SessionHealth {
+    retired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SessionHealth {
+    /// The peer said GOAWAY (its agent is handing over) or the session closed.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+}
+
+/// Why one attempt to open a stream failed.
+enum OpenError {
+    /// The session is going away (GOAWAY) or gone; the request was not sent.
+    SessionGone(SessionHealth, anyhow::Error),
+    Other(anyhow::Error),
+}
+
+/// A tunnelled stream and the health of the session it runs on.
+pub type Stream = (TokioIo<hyper::upgrade::Upgraded>, SessionHealth);
 
 pub struct TunnelPool {
     identity: Arc<IdentityManager>,
@@ -142,8 +176,35 @@ impl TunnelPool {
         target: SocketAddr,
         origin: IpAddr,
         baggage: Option<&str>,
-    ) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-        let svid = self.identity.svid(source)?;
+    ) -> Result<Stream> {
+        match self.open_once(source, node, target, origin, baggage).await {
+            Ok(stream) => Ok(stream),
+            Err(OpenError::Other(e)) => Err(e),
+            // The peer's agent is handing over: once more, on a new session.
+            Err(OpenError::SessionGone(health, e)) => {
+                health.retire();
+                tracing::debug!(%node, error = format!("{e:#}"), "tunnel session going away; opening a new one");
+                match self.open_once(source, node, target, origin, baggage).await {
+                    Ok(stream) => Ok(stream),
+                    Err(OpenError::SessionGone(health, e)) => {
+                        health.retire();
+                        Err(e)
+                    }
+                    Err(OpenError::Other(e)) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn open_once(
+        &self,
+        source: &SpiffeId,
+        node: SocketAddr,
+        target: SocketAddr,
+        origin: IpAddr,
+        baggage: Option<&str>,
+    ) -> Result<Stream, OpenError> {
+        let svid = self.identity.svid(source).map_err(OpenError::Other)?;
         let key = PoolKey {
             source: source.to_string(),
             node,
@@ -158,27 +219,35 @@ impl TunnelPool {
             });
             slots.entry(key.clone()).or_default().clone()
         };
-        let mut sender = {
+        let (mut sender, health) = {
             let mut guard = slot.lock().await;
-            let reusable = guard
-                .as_ref()
-                .is_some_and(|s| !s.sender.is_closed() && s.sender.is_ready());
+            let reusable = guard.as_ref().is_some_and(|s| {
+                !s.sender.is_closed() && s.sender.is_ready() && !s.health.is_retired()
+            });
             if !reusable {
-                *guard = Some(self.connect(source, node, &svid.serial).await.inspect_err(
-                    |_| {
-                        self.stats.session_failures.fetch_add(1, Ordering::Relaxed);
-                    },
-                )?);
+                if let Some(old) = guard.as_ref() {
+                    old.health.retire();
+                }
+                *guard = Some(
+                    self.connect(source, node, &svid.serial)
+                        .await
+                        .inspect_err(|_| {
+                            self.stats.session_failures.fetch_add(1, Ordering::Relaxed);
+                        })
+                        .map_err(OpenError::Other)?,
+                );
             }
             guard
                 .as_ref()
-                .map(|s| s.sender.clone())
-                .ok_or_else(|| anyhow!("no session"))?
+                .map(|s| (s.sender.clone(), s.health.clone()))
+                .ok_or_else(|| OpenError::Other(anyhow!("no session")))?
         };
-        sender
-            .ready()
-            .await
-            .with_context(|| format!("tunnel session to {node} closed"))?;
+        if let Err(e) = sender.ready().await {
+            return Err(OpenError::SessionGone(
+                health,
+                anyhow!(e).context(format!("tunnel session to {node} closed")),
+            ));
+        }
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
@@ -189,11 +258,21 @@ impl TunnelPool {
         }
         let request = request
             .body(Empty::<Bytes>::new())
-            .context("build CONNECT request")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .with_context(|| format!("CONNECT {target} via {node}"))?;
+            .context("build CONNECT request")
+            .map_err(OpenError::Other)?;
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => {
+                // Handed back unsent: the session stopped taking streams (GOAWAY).
+                let unsent = e.take_message().is_some();
+                let error = anyhow!(e.into_error()).context(format!("CONNECT {target} via {node}"));
+                return Err(if unsent {
+                    OpenError::SessionGone(health, error)
+                } else {
+                    OpenError::Other(error)
+                });
+            }
+        };
         if response.status() != StatusCode::OK {
             self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
             let reason = response
@@ -202,13 +281,15 @@ impl TunnelPool {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            return Err(ConnectRefused {
-                node,
-                target,
-                status: response.status(),
-                reason,
-            }
-            .into());
+            return Err(OpenError::Other(
+                ConnectRefused {
+                    node,
+                    target,
+                    status: response.status(),
+                    reason,
+                }
+                .into(),
+            ));
         }
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = response
@@ -232,8 +313,9 @@ impl TunnelPool {
         }
         let upgraded = hyper::upgrade::on(response)
             .await
-            .with_context(|| format!("CONNECT {target} via {node}: no stream"))?;
-        Ok(TokioIo::new(upgraded))
+            .with_context(|| format!("CONNECT {target} via {node}: no stream"))
+            .map_err(OpenError::Other)?;
+        Ok((TokioIo::new(upgraded), health))
     }
 
     /// Builds the client configs of these identities now, so that the first connection of a
@@ -300,6 +382,7 @@ impl TunnelPool {
         );
         Ok(Session {
             sender,
+            health: SessionHealth::default(),
             info: SessionInfo {
                 source: source.to_string(),
                 node,

@@ -165,6 +165,8 @@ pub struct MeshSpec {
     pub absent_workloads: Vec<String>,
     /// `node.fail_mode` of every node ("closed", "open"); absent: the agent's default.
     pub fail_mode: Option<String>,
+    /// `node.drain_timeout` of every node (e.g. "20s"); absent: the agent's default.
+    pub drain_timeout: Option<String>,
 }
 
 /// Waits until the agent `proc` of `node` logs that it is ready; fails when it exits first or
@@ -248,6 +250,11 @@ impl Mesh {
         let _ = writeln!(y, "  address: {}", n.ip);
         if let Some(mode) = &spec.fail_mode {
             let _ = writeln!(y, "  fail_mode: {mode}");
+        }
+        // Each mesh its own handover sockets: a leftover of another test is never found.
+        let _ = writeln!(y, "  state_dir: {}", self.state_dir().display());
+        if let Some(timeout) = &spec.drain_timeout {
+            let _ = writeln!(y, "  drain_timeout: {timeout}");
         }
         let _ = writeln!(y, "nodes:");
         for other in self.sim.nodes().iter().filter(|o| o.name != node) {
@@ -405,7 +412,41 @@ impl Mesh {
         }
     }
 
+    /// `node.state_dir` of this mesh's agents.
+    pub fn state_dir(&self) -> PathBuf {
+        self.sim.dir().join("state")
+    }
+
+    /// Starts a second agent on `node` (the same binary, or `binary`: an upgrade) while the
+    /// first runs; returns the old one's process once the new one is ready. The old agent
+    /// drains and exits by itself.
+    pub fn take_over(
+        &mut self,
+        node: &str,
+        spec: &MeshSpec,
+        binary: Option<&Path>,
+    ) -> Result<Proc> {
+        if !self.agents.contains_key(node) {
+            bail!("no agent running on {node} to take over from");
+        }
+        let proc = self.spawn_agent_binary(node, spec, binary.map(Path::to_path_buf))?;
+        let old = self
+            .agents
+            .insert(node.to_string(), proc)
+            .with_context(|| format!("no agent running on {node}"))?;
+        Ok(old)
+    }
+
     fn spawn_agent(&mut self, node: &str, spec: &MeshSpec) -> Result<Proc> {
+        self.spawn_agent_binary(node, spec, None)
+    }
+
+    fn spawn_agent_binary(
+        &mut self,
+        node: &str,
+        spec: &MeshSpec,
+        binary: Option<PathBuf>,
+    ) -> Result<Proc> {
         // Tests want the per-connection debug lines; benchmarks set MESH_TEST_AGENT_LOG=info
         // so that logging does not weigh on what they measure.
         let agent_log = std::env::var("MESH_TEST_AGENT_LOG")
@@ -415,7 +456,7 @@ impl Mesh {
             .with_context(|| format!("write {}", path.display()))?;
         let placement = self.sim.node(node).agent_placement();
         let path = path.display().to_string();
-        let agent = self.bins.agent.clone();
+        let agent = binary.unwrap_or_else(|| self.bins.agent.clone());
         let mut proc = self.sim.spawn(
             &placement,
             &agent,

@@ -47,6 +47,27 @@ pub enum Command {
     /// per attempt (wall-clock start, duration, outcome), for tests that break the path
     /// while it runs.
     DialLoop(DialLoopArgs),
+    /// One long-lived HTTP/2 (h2c) connection, a GET every interval; a new connection after
+    /// GOAWAY. One JSON line per request and a summary.
+    H2Loop(H2LoopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct H2LoopArgs {
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// The request authority (Host), e.g. the service name.
+    #[arg(long)]
+    pub authority: String,
+    #[arg(long, default_value = "/echo")]
+    pub path: String,
+    #[arg(long)]
+    pub seconds: f64,
+    #[arg(long, default_value_t = 50)]
+    pub interval_ms: u64,
+    /// Bound of one request, reconnecting included.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]

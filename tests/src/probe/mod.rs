@@ -8,6 +8,7 @@ mod connect;
 mod connrate;
 pub mod datagen;
 mod dial_loop;
+mod h2_loop;
 mod handlers;
 pub mod http_backend;
 pub mod output;
@@ -50,5 +51,6 @@ pub fn run(cli: &Cli) -> Result<bool> {
         }
         Command::RawHttp(a) => raw_http::run(a),
         Command::DialLoop(a) => Ok(dial_loop::run(a)),
+        Command::H2Loop(a) => h2_loop::run(a),
     }
 }

@@ -338,9 +338,25 @@ fn check_daemonset(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {
             .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
         "{ctx}: a toleration of every taint"
     );
+    // Hitless rolling update: the new pod starts beside the old one (which needs no host
+    // ports on the pod), and the old one gets longer than the default drain_timeout (60 s).
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate", "{ctx}");
+    assert_eq!(rolling["maxSurge"], 1, "{ctx}: maxSurge");
+    assert_eq!(rolling["maxUnavailable"], 0, "{ctx}: maxUnavailable");
     assert!(
-        pod["terminationGracePeriodSeconds"].as_u64().is_some(),
-        "{ctx}"
+        pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .is_some_and(|s| s > 60),
+        "{ctx}: terminationGracePeriodSeconds must outlast node.drain_timeout"
+    );
+    assert!(
+        pod["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .all(|c| c.get("ports").is_none()),
+        "{ctx}: no container ports (host ports would keep the surge pod off the node)"
     );
     assert_eq!(
         pod["serviceAccountName"],
@@ -440,6 +456,11 @@ fn check_daemonset(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {
     assert_eq!(
         mounts["/var/run/netns"]["mountPropagation"], "HostToContainer",
         "{ctx}: namespaces of later pods must appear"
+    );
+    assert_eq!(
+        volume_at("/run/mesh-agent")["hostPath"]["path"],
+        "/run/mesh-agent",
+        "{ctx}: node.state_dir on the host, shared by the old and the new pod"
     );
     let cgroup_mount = mounts
         .iter()
@@ -698,6 +719,9 @@ fn systemd_unit_verifies() {
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_PERFMON CAP_SYS_RESOURCE",
+        // node.state_dir's default: the handover socket, kept across restarts.
+        "RuntimeDirectory=mesh-agent",
+        "RuntimeDirectoryPreserve=yes",
     ] {
         assert!(unit.lines().any(|l| l == line), "{UNIT_FILE}: no `{line}`");
     }

@@ -341,7 +341,10 @@ fn check_daemonset(dir: &str, by_kind: &BTreeMap<String, Vec<&Value>>) {
     // Hitless rolling update: the new pod starts beside the old one (which needs no host
     // ports on the pod), and the old one gets longer than the default drain_timeout (60 s).
     let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
-    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate", "{ctx}");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["type"], "RollingUpdate",
+        "{ctx}"
+    );
     assert_eq!(rolling["maxSurge"], 1, "{ctx}: maxSurge");
     assert_eq!(rolling["maxUnavailable"], 0, "{ctx}: maxUnavailable");
     assert!(

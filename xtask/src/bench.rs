@@ -9,6 +9,7 @@ mod http;
 mod l4;
 mod metrics;
 mod mtls;
+mod restart;
 
 use std::{
     net::SocketAddrV4,
@@ -20,7 +21,7 @@ use mesh_tests::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config"];
+const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config", "restart"];
 
 /// What the command line asked of a bench run.
 pub struct Options {
@@ -76,6 +77,7 @@ pub fn run(suite: &str, options: &Options) -> Result<()> {
         },
         "metrics" => metrics::run(json),
         "config" => config::run(json),
+        "restart" => restart::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")

@@ -263,9 +263,12 @@ impl TunnelPool {
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => {
-                // Handed back unsent: the session stopped taking streams (GOAWAY).
+                // Handed back unsent, or refused unprocessed by a peer going away: the
+                // session stopped taking streams (GOAWAY), and the CONNECT may go again.
                 let unsent = e.take_message().is_some();
-                let error = anyhow!(e.into_error()).context(format!("CONNECT {target} via {node}"));
+                let error = e.into_error();
+                let unsent = unsent || never_processed(&error);
+                let error = anyhow!(error).context(format!("CONNECT {target} via {node}"));
                 return Err(if unsent {
                     OpenError::SessionGone(health, error)
                 } else {
@@ -417,6 +420,20 @@ impl TunnelPool {
             })
             .collect()
     }
+}
+
+/// Whether the peer said it did not process the stream: REFUSED_STREAM, or a GOAWAY whose
+/// last stream id is below it (RFC 9113 8.7: such requests can be retried).
+fn never_processed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// RFC 7239 `for=` value; IPv6 addresses are quoted and bracketed.

@@ -28,7 +28,9 @@ pub fn run(args: &TransferArgs) -> Result<bool> {
     let start = Instant::now();
     // Reading concurrently keeps the echo server from blocking on a full
     // send buffer, which would deadlock a send-then-read client.
-    let receiver = std::thread::spawn(move || hash_until_eof(reader));
+    let longest_gap = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let gap = longest_gap.clone();
+    let receiver = std::thread::spawn(move || hash_until_eof(reader, &gap));
     let sent = send_pattern(&stream, args.seed, args.bytes);
     if sent.is_err() {
         // Unblock the reader; the stream is broken anyway.
@@ -46,6 +48,10 @@ pub fn run(args: &TransferArgs) -> Result<bool> {
     });
     record(&mut out, "sent", sent);
     record(&mut out, "received", received);
+    // The longest the stream stood still (between two reads, once data flowed): what a
+    // restart of the agents in the path costs a bulk stream.
+    out["longest_stall_ms"] =
+        Value::from(longest_gap.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0);
     let intact = out.get("sent_error").is_none()
         && out.get("received_error").is_none()
         && out["sent"] == out["received"]
@@ -70,10 +76,16 @@ fn send_pattern(stream: &TcpStream, seed: u64, total: u64) -> io::Result<(u64, S
     Ok((sent, hex_digest(hasher)))
 }
 
-fn hash_until_eof(mut reader: TcpStream) -> io::Result<(u64, String)> {
+/// Reads and hashes until EOF; `longest_gap` gets the longest wait between two reads that
+/// returned data, in microseconds.
+fn hash_until_eof(
+    mut reader: TcpStream,
+    longest_gap: &std::sync::atomic::AtomicU64,
+) -> io::Result<(u64, String)> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut hasher = Sha256::new();
     let mut received = 0u64;
+    let mut last: Option<Instant> = None;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -81,6 +93,12 @@ fn hash_until_eof(mut reader: TcpStream) -> io::Result<(u64, String)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        let now = Instant::now();
+        if let Some(last) = last {
+            let gap = now.duration_since(last).as_micros() as u64;
+            longest_gap.fetch_max(gap, std::sync::atomic::Ordering::Relaxed);
+        }
+        last = Some(now);
         hasher.update(&buf[..n]);
         received += n as u64;
     }

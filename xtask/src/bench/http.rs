@@ -721,7 +721,7 @@ fn parse_summary(out: &str) -> Result<Summary> {
 }
 
 /// "10 total, 0 failed" -> {total: 10, failed: 0}.
-fn counts(fields: &str) -> Result<BTreeMap<String, u64>> {
+pub(super) fn counts(fields: &str) -> Result<BTreeMap<String, u64>> {
     fields
         .split(',')
         .map(|f| {

@@ -140,6 +140,15 @@ impl Outgoing for Shared {
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.transport.drain.start();
+        // Idle tunnel sessions and pooled upstream connections would keep the drain open
+        // forever: they close once what runs on them ends.
+        let sessions = self.transport.tunnels.retire_all();
+        let upstreams = self.http.upstreams.clear();
+        tracing::debug!(
+            sessions,
+            upstreams,
+            "draining: pooled sessions and upstream connections let go"
+        );
         // The newer agent holds the listening sockets now; this agent's copies go, and its
         // accept loops end on the drain.
         for entry in self

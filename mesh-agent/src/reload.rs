@@ -64,6 +64,11 @@ pub trait Agent: Send + Sync + 'static {
     /// Counts an applied or a rejected change (/status, mesh_agent_config_reloads_total).
     fn reload_succeeded(&self);
     fn reload_failed(&self, message: String);
+    /// A newer agent has taken the node over: this one applies no change (the newer one
+    /// does) and does not count it as a failure.
+    fn is_draining(&self) -> bool {
+        false
+    }
 }
 
 /// The link the kubelet swaps to update every file of a mounted ConfigMap at once.
@@ -74,6 +79,10 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Reloads `path`; on failure the running config stays and the error is recorded.
 pub fn reload(agent: &dyn Agent, path: &Path) -> Result<()> {
+    if agent.is_draining() {
+        tracing::info!(file = %path.display(), "config changed; not applied here: a newer agent has taken the node over");
+        return Ok(());
+    }
     match config::load_file(path)
         .map_err(anyhow::Error::from)
         .and_then(|config| agent.apply_file(config))

@@ -276,8 +276,14 @@ pub async fn run(
             );
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
+            let mut progress = tokio::time::interval(std::time::Duration::from_secs(5));
+            progress.tick().await;
             loop {
                 tokio::select! {
+                    _ = progress.tick() => tracing::info!(
+                        carried = ?drain.carried(),
+                        "draining: connections still carried"
+                    ),
                     _ = drain.idle() => {
                         tracing::info!("drained: every connection ended");
                         break;

@@ -429,7 +429,20 @@ impl Mesh {
         if !self.agents.contains_key(node) {
             bail!("no agent running on {node} to take over from");
         }
-        let proc = self.spawn_agent_binary(node, spec, binary.map(Path::to_path_buf))?;
+        let mut proc = self.spawn_agent_binary(node, spec, binary.map(Path::to_path_buf))?;
+        // Ready first, then it tells the old agent to step back: wait for that word.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !proc.stderr().contains("took the node over")
+            && !proc.stderr().contains("did not confirm the handover")
+        {
+            if let Some(status) = proc.try_wait()? {
+                bail!("new agent on {node} exited with {status}:\n{}", proc.logs());
+            }
+            if Instant::now() > deadline {
+                bail!("new agent on {node} never took over:\n{}", proc.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let old = self
             .agents
             .insert(node.to_string(), proc)

@@ -257,6 +257,11 @@ fn restart_each_node(tag: &str, upgrade: bool) {
             logs.contains("drained: every connection ended"),
             "the old agent of {node} drained (no timeout):\n{logs}"
         );
+        // The new agent's config written beside it is not a reload error of the old one.
+        assert!(
+            !logs.contains("config rejected"),
+            "the draining agent of {node} treated the config change as an error:\n{logs}"
+        );
     }
     // One set of our programs: the replaced ones were freed with the old agents.
     assert_eq!(

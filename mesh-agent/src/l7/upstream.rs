@@ -202,7 +202,10 @@ impl UpstreamPool {
             .send_request(request)
             .await
             .map_err(SendError::Request)?;
-        self.return_h1(key, pooled);
+        // A draining agent pools nothing new: the connection closes after this response.
+        if !transport.drain.is_draining() {
+            self.return_h1(key, pooled);
+        }
         Ok(response)
     }
 
@@ -311,7 +314,10 @@ impl UpstreamPool {
                     None => {
                         let pooled = self.connect_h2(transport, source, upstream).await?;
                         let sender = pooled.sender.clone();
-                        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(pooled);
+                        // A draining agent pools nothing new (see send_h1).
+                        if !transport.drain.is_draining() {
+                            *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(pooled);
+                        }
                         sender
                     }
                 }

@@ -104,6 +104,7 @@ async fn serve_session(
     plane: Arc<ProxyPlane>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let tcp = crate::transport::linger::LingeringClose::new(tcp, plane.transport.drain.clone());
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -136,6 +137,9 @@ async fn serve_session(
         return;
     };
     tracing::debug!(%peer, id = %cert.id, serial = %cert.serial, "tunnel session accepted");
+    // Carried until the session has closed: after GOAWAY it still writes out what its
+    // streams queued, and a draining agent must not exit before.
+    let _carried = plane.transport.drain.track("tunnel session (server)");
     // The dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     plane.record_inbound_session(peer, &cert);
@@ -227,7 +231,7 @@ async fn handle_stream(
     } else {
         None
     };
-    let carried = transport.drain.track();
+    let carried = transport.drain.track("tunnel stream");
     tokio::spawn(async move {
         let _carried = carried;
         let upgraded = match on_upgrade.await {
@@ -255,7 +259,8 @@ async fn handle_stream(
             let tunnel = TokioIo::new(upgraded);
             return crate::l7::inbound::serve(tunnel, upstream, delivery, served).await;
         }
-        match relay(TokioIo::new(upgraded), upstream).await {
+        let mut upstream = upstream;
+        match relay(TokioIo::new(upgraded), &mut upstream).await {
             Ok((up, down)) => {
                 transport
                     .inbound_stats
@@ -267,7 +272,12 @@ async fn handle_stream(
                     .fetch_add(down, Ordering::Relaxed);
                 tracing::debug!(%peer, %id, %target, up, down, "tunnel stream done");
             }
-            Err(e) => tracing::debug!(%peer, %id, %target, error = %e, "tunnel stream reset"),
+            Err(e) => {
+                // The workload must see a broken stream as broken (RST), never as a clean
+                // end that would pass a truncated stream off as complete.
+                let _ = upstream.set_zero_linger();
+                tracing::debug!(%peer, %id, %target, error = %e, "tunnel stream reset");
+            }
         }
     });
     let mut response = Response::new(Empty::new());

@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use mesh_common::ClientKey;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -75,7 +75,7 @@ pub fn spawn_listener(
             };
             plane.stats.accepted.fetch_add(1, Ordering::Relaxed);
             let plane = plane.clone();
-            let carried = drain.track();
+            let carried = drain.track("outbound connection");
             tokio::spawn(async move {
                 let _carried = carried;
                 if let Err(e) = handle(client, peer, netns_cookie, &plane).await {
@@ -244,9 +244,18 @@ async fn handle(
         annotate(transport);
     }
     plane.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-    let (up, down) = relay(client, stream)
-        .await
-        .with_context(|| format!("relay {peer} <-> {}", upstream.addr))?;
+    let mut client = client;
+    let (up, down) = match relay(&mut client, stream).await {
+        Ok(counts) => counts,
+        // A broken upstream stream reaches the application as a reset, never as a clean
+        // end that would pass a truncated stream off as complete.
+        Err(e) => {
+            return refuse(
+                client,
+                anyhow!(e).context(format!("relay {peer} <-> {}", upstream.addr)),
+            );
+        }
+    };
     plane.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
     plane.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
     tracing::debug!(%peer, upstream = %upstream.addr, up, down, "relay done");

@@ -45,6 +45,10 @@ impl Agent for RunningAgent {
     fn reload_failed(&self, message: String) {
         self.0.config_reloads.failed(message);
     }
+
+    fn is_draining(&self) -> bool {
+        self.0.transport.drain.is_draining()
+    }
 }
 
 /// Serialises model changes: a file reload and an update from another source never

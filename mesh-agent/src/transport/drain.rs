@@ -3,11 +3,16 @@
 //!
 //! [`Drain`] is the one flag and counter every accept loop and connection looks at: accept
 //! loops end when it starts, HTTP/2 servers send GOAWAY, and each carried connection holds a
-//! [`Carried`] guard so that the agent knows when the last one is gone.
+//! [`Carried`] guard so that the agent knows when the last one is gone. Tunnel sessions count
+//! too (their connection tasks run on [`TrackedExecutor`]): a relay is done when its last
+//! bytes are queued, and the session still has to write them out before the agent may exit.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use tokio::sync::Notify;
@@ -16,6 +21,8 @@ use tokio::sync::Notify;
 struct Inner {
     draining: AtomicBool,
     active: AtomicUsize,
+    /// Carried connections by kind, for the log of a drain that takes long.
+    kinds: Mutex<BTreeMap<&'static str, usize>>,
     /// Woken when draining starts and whenever a carried connection ends.
     changed: Notify,
 }
@@ -29,10 +36,20 @@ pub struct Drain {
 /// A connection this agent carries; dropping it ends the connection's claim on the agent.
 pub struct Carried {
     inner: Arc<Inner>,
+    kind: &'static str,
 }
 
 impl Drop for Carried {
     fn drop(&mut self) {
+        if let Some(n) = self
+            .inner
+            .kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(self.kind)
+        {
+            *n = n.saturating_sub(1);
+        }
         self.inner.active.fetch_sub(1, Ordering::AcqRel);
         self.inner.changed.notify_waiters();
     }
@@ -61,12 +78,33 @@ impl Drain {
         }
     }
 
-    /// Counts a connection as carried until the guard drops.
-    pub fn track(&self) -> Carried {
+    /// Counts a connection (or a task that must finish before exit) of `kind` as carried
+    /// until the guard drops.
+    pub fn track(&self, kind: &'static str) -> Carried {
         self.inner.active.fetch_add(1, Ordering::AcqRel);
+        *self
+            .inner
+            .kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
         Carried {
             inner: self.inner.clone(),
+            kind,
         }
+    }
+
+    /// What is carried now, by kind (kinds with none left out).
+    pub fn carried(&self) -> BTreeMap<&'static str, usize> {
+        self.inner
+            .kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (*k, *n))
+            .collect()
     }
 
     /// Connections carried now.
@@ -82,6 +120,36 @@ impl Drain {
                 return;
             }
             changed.await;
+        }
+    }
+}
+
+/// A hyper executor whose tasks count as carried: the HTTP/2 connection tasks of the tunnel
+/// client (which flush a stream's last bytes after the relay has handed them over) keep a
+/// draining agent alive until they are done.
+#[derive(Clone)]
+pub struct TrackedExecutor {
+    drain: Drain,
+}
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let carried = self.drain.track("tunnel session task");
+        tokio::spawn(async move {
+            let _carried = carried;
+            future.await;
+        });
+    }
+}
+
+impl Drain {
+    pub fn executor(&self) -> TrackedExecutor {
+        TrackedExecutor {
+            drain: self.clone(),
         }
     }
 }
@@ -114,14 +182,19 @@ mod tests {
     #[tokio::test]
     async fn idle_waits_for_the_last_carried_connection() {
         let drain = Drain::default();
-        let first = drain.track();
-        let second = drain.track();
+        let first = drain.track("a");
+        let second = drain.track("b");
         assert_eq!(drain.active(), 2);
+        assert_eq!(
+            drain.carried().into_iter().collect::<Vec<_>>(),
+            [("a", 1), ("b", 1)]
+        );
         let waiter = tokio::spawn({
             let drain = drain.clone();
             async move { drain.idle().await }
         });
         drop(first);
+        assert_eq!(drain.carried().into_iter().collect::<Vec<_>>(), [("b", 1)]);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "one connection is still carried");
         drop(second);

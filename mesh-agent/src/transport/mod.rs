@@ -10,6 +10,7 @@
 
 pub mod dial;
 pub mod drain;
+pub mod linger;
 pub mod local;
 pub mod relay;
 pub mod sink;
@@ -47,14 +48,15 @@ impl Transport {
         identity: Arc<IdentityManager>,
         sink: Arc<dyn sink::ConnectionSink>,
     ) -> Transport {
+        let drain = drain::Drain::default();
         Transport {
             model: RwLock::new(state),
             maps,
-            tunnels: tunnel::TunnelPool::new(identity.clone()),
+            tunnels: tunnel::TunnelPool::new(identity.clone(), drain.clone()),
             identity,
             inbound_stats: Default::default(),
             sink,
-            drain: Default::default(),
+            drain,
         }
     }
 

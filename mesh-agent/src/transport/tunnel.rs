@@ -26,7 +26,7 @@ use crate::state::peers::Baggage;
 use anyhow::{Context, Result, anyhow};
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode, body::Bytes, client::conn::http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -136,6 +136,8 @@ pub struct TunnelPool {
     /// tell they are stale (see `metrics::series_cache`).
     remote_generation: std::sync::atomic::AtomicU64,
     pub stats: TunnelClientStats,
+    /// Session tasks count as carried connections while the agent drains.
+    drain: super::drain::Drain,
 }
 
 /// Endpoint workloads remembered from CONNECT answers; the map starts over when it is full
@@ -143,8 +145,9 @@ pub struct TunnelPool {
 const REMOTE_WORKLOADS_KEPT: usize = 65_536;
 
 impl TunnelPool {
-    pub fn new(identity: Arc<IdentityManager>) -> TunnelPool {
+    pub fn new(identity: Arc<IdentityManager>, drain: super::drain::Drain) -> TunnelPool {
         TunnelPool {
+            drain,
             identity,
             slots: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
@@ -237,10 +240,15 @@ impl TunnelPool {
                         .map_err(OpenError::Other)?,
                 );
             }
-            guard
+            let session = guard
                 .as_ref()
                 .map(|s| (s.sender.clone(), s.health.clone()))
-                .ok_or_else(|| OpenError::Other(anyhow!("no session")))?
+                .ok_or_else(|| OpenError::Other(anyhow!("no session")))?;
+            // A draining agent keeps no session for later: once its streams end, it closes.
+            if self.drain.is_draining() {
+                *guard = None;
+            }
+            session
         };
         if let Err(e) = sender.ready().await {
             return Err(OpenError::SessionGone(
@@ -348,6 +356,7 @@ impl TunnelPool {
             .map_err(|_| anyhow!("connect to tunnel {node}: timed out"))?
             .with_context(|| format!("connect to tunnel {node}"))?;
         tcp.set_nodelay(true)?;
+        let tcp = super::linger::LingeringClose::new(tcp, self.drain.clone());
         let tcp_us = started.elapsed().as_micros();
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -358,7 +367,7 @@ impl TunnelPool {
         .with_context(|| format!("TLS handshake with {node}"))?;
         let tls_us = started.elapsed().as_micros();
         let peer = tls::peer_identity(tls.get_ref().1);
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let (sender, connection) = http2::Builder::new(self.drain.executor())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
@@ -368,7 +377,9 @@ impl TunnelPool {
             .handshake(TokioIo::new(tls))
             .await
             .with_context(|| format!("HTTP/2 handshake with {node}"))?;
+        let carried = self.drain.track("tunnel session (client)");
         tokio::spawn(async move {
+            let _carried = carried;
             if let Err(e) = connection.await {
                 tracing::debug!(%node, error = %e, "tunnel session ended");
             }
@@ -398,6 +409,25 @@ impl TunnelPool {
                     .unwrap_or(0),
             },
         })
+    }
+
+    /// The agent is draining: no session takes new streams, and the pool lets go of them,
+    /// so each closes (after writing out what its streams queued) once its streams end.
+    pub fn retire_all(&self) -> usize {
+        let slots: Vec<_> =
+            std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
+        let count = slots.len();
+        for slot in slots {
+            // A slot being connected right now is left to its opener, which sees the drain.
+            if let Ok(mut guard) = slot.try_lock()
+                && let Some(session) = guard.take()
+            {
+                session.health.retire();
+            }
+        }
+        count
     }
 
     /// Pooled sessions that are still open.

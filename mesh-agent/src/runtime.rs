@@ -69,6 +69,32 @@ fn listener(
     Ok(listener)
 }
 
+/// Every carried connection holds one or two descriptors; the usual soft limit (1024 under
+/// systemd) would cap the node at a few hundred connections. Raised to the hard limit, as
+/// proxies do; returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 pub async fn run(
     config: Config,
     config_source: String,
@@ -78,6 +104,13 @@ pub async fn run(
     // Root first: without it the CA directory or key may be unreadable, and that message
     // would hide the real problem.
     ebpf::require_root()?;
+    let open_files = raise_open_file_limit();
+    if open_files < 16_384 {
+        tracing::warn!(
+            open_files,
+            "the open file limit caps the connections this agent can carry; raise it (LimitNOFILE)"
+        );
+    }
     let state = State::build(config, None)?;
     let identity = start_identity(&state)?;
     let tunnel_tls = identity::tls::server_config(identity.clone())?;

@@ -13,3 +13,4 @@ pub mod pki;
 pub mod probe;
 pub mod prometheus;
 pub mod sim;
+pub mod soak;

@@ -10,6 +10,7 @@ mod l4;
 mod metrics;
 mod mtls;
 mod restart;
+mod soak;
 
 use std::{
     net::SocketAddrV4,
@@ -21,7 +22,7 @@ use mesh_tests::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config", "restart"];
+const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config", "restart", "soak"];
 
 /// What the command line asked of a bench run.
 pub struct Options {
@@ -78,6 +79,7 @@ pub fn run(suite: &str, options: &Options) -> Result<()> {
         "metrics" => metrics::run(json),
         "config" => config::run(json),
         "restart" => restart::run(json),
+        "soak" => soak::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")

@@ -66,7 +66,7 @@ enum Command {
     Demo,
     /// Performance comparisons on simulated nodes (direct, kernel path only, through the agent).
     ///
-    /// `cargo xtask bench SUITE` runs one suite (l4, mtls, http, metrics, config or restart);
+    /// `cargo xtask bench SUITE` runs one suite (l4, mtls, http, metrics, config, restart or soak);
     /// `cargo xtask bench compare [SUITE...]` reruns suites (default: l4, mtls, http) and
     /// prints each ratio beside bench/baseline.json's, failing when one is more than 20 %
     /// worse.

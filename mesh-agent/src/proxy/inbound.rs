@@ -155,6 +155,7 @@ async fn serve_session(
         .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
         .max_frame_size(tunnel::MAX_FRAME)
         .max_send_buf_size(tunnel::SEND_BUFFER)
+        .max_concurrent_streams(tunnel::MAX_STREAMS)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(session);
     let drain = plane.transport.drain.clone();

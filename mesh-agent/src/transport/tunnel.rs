@@ -46,6 +46,11 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME: u32 = 256 * 1024;
 pub const SEND_BUFFER: usize = 1024 * 1024;
+/// Streams one tunnel session may carry at once: every meshed connection from one source
+/// identity to one node is a stream of the same session, so hyper's default (200) would make
+/// the 201st concurrent connection wait for another to end. An idle stream costs a few
+/// hundred bytes of HTTP/2 state.
+pub const MAX_STREAMS: u32 = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The destination agent answered the CONNECT with a refusal (403: authorization, 404: not a

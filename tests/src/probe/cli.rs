@@ -50,6 +50,22 @@ pub enum Command {
     /// One long-lived HTTP/2 (h2c) connection, a GET every interval; a new connection after
     /// GOAWAY. One JSON line per request and a summary.
     H2Loop(H2LoopArgs),
+    /// Opens many echo connections, holds them idle for a while, then closes them.
+    Hold(HoldArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HoldArgs {
+    #[arg(long)]
+    pub connect: SocketAddr,
+    #[arg(long)]
+    pub count: usize,
+    /// How long to hold them once all are open.
+    #[arg(long)]
+    pub seconds: f64,
+    /// Connect and echo timeout of each.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]

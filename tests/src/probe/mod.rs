@@ -10,6 +10,7 @@ pub mod datagen;
 mod dial_loop;
 mod h2_loop;
 mod handlers;
+mod hold;
 pub mod http_backend;
 pub mod output;
 pub mod raw_http;
@@ -52,5 +53,6 @@ pub fn run(cli: &Cli) -> Result<bool> {
         Command::RawHttp(a) => raw_http::run(a),
         Command::DialLoop(a) => Ok(dial_loop::run(a)),
         Command::H2Loop(a) => h2_loop::run(a),
+        Command::Hold(a) => hold::run(a),
     }
 }

@@ -185,20 +185,19 @@ impl TunnelPool {
         origin: IpAddr,
         baggage: Option<&str>,
     ) -> Result<Stream> {
-        match self.open_once(source, node, target, origin, baggage).await {
-            Ok(stream) => Ok(stream),
-            Err(OpenError::Other(e)) => Err(e),
-            // The peer's agent is handing over: once more, on a new session.
-            Err(OpenError::SessionGone(health, e)) => {
-                health.retire();
-                tracing::debug!(%node, error = format!("{e:#}"), "tunnel session going away; opening a new one");
-                match self.open_once(source, node, target, origin, baggage).await {
-                    Ok(stream) => Ok(stream),
-                    Err(OpenError::SessionGone(health, e)) => {
-                        health.retire();
-                        Err(e)
+        let mut retried = false;
+        loop {
+            match self.open_once(source, node, target, origin, baggage).await {
+                Ok(stream) => return Ok(stream),
+                Err(OpenError::Other(e)) => return Err(e),
+                Err(OpenError::SessionGone(health, e)) => {
+                    health.retire();
+                    if retried {
+                        return Err(e);
                     }
-                    Err(OpenError::Other(e)) => Err(e),
+                    // The peer's agent is handing over: once more, on a new session.
+                    retried = true;
+                    tracing::debug!(%node, error = format!("{e:#}"), "tunnel session going away; opening a new one");
                 }
             }
         }

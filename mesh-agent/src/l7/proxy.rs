@@ -44,6 +44,7 @@ use crate::{
     },
     state::State,
     state::peers::Peer,
+    transport::linger::LingeringClose,
 };
 
 /// hyper refuses HTTP/1 read buffers below 8 KiB; smaller `max_header_bytes` still caps the
@@ -95,6 +96,9 @@ pub async fn serve(client: TcpStream, conn: Connection) {
         async move { Ok::<_, Infallible>(handle(&conn, request).await) }
     });
     let drain = http.transport.drain.clone();
+    // Closed lingering: a client whose next request (or WINDOW_UPDATE) races our GOAWAY or
+    // Connection: close would otherwise get RST and lose the responses it had not read.
+    let client = LingeringClose::new(client, drain.clone(), "closing HTTP connection");
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -104,7 +104,11 @@ async fn serve_session(
     plane: Arc<ProxyPlane>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tcp = crate::transport::linger::LingeringClose::new(tcp, plane.transport.drain.clone());
+    let tcp = crate::transport::linger::LingeringClose::new(
+        tcp,
+        plane.transport.drain.clone(),
+        "closing tunnel connection",
+    );
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

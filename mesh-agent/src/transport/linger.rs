@@ -1,12 +1,15 @@
-//! A lingering close for the TCP connections under tunnel sessions.
+//! A lingering close for the TCP connections the agent ends itself: those under tunnel
+//! sessions and the applications' HTTP connections to the L7 proxy.
 //!
-//! When a session ends, its HTTP/2 connection has written everything out, but the peer may
-//! still be sending (WINDOW_UPDATEs for the last DATA frames, a PING). Closing a socket with
-//! unread input makes the kernel send RST instead of FIN, and an RST makes the peer's kernel
-//! throw away what it received and the peer's application had not read yet: the last bytes
-//! of a stream. This matters most when a draining agent closes its sessions right after the
-//! last stream. So the socket is shut down for writing (FIN after the data) and read until
-//! the peer closes too (bounded), in a task of its own that the drain waits for.
+//! When a session or an HTTP connection ends, its HTTP/2 (or HTTP/1.1) side has written
+//! everything out, but the peer may still be sending (WINDOW_UPDATEs for the last DATA
+//! frames, a PING, the next request racing a GOAWAY). Closing a socket with unread input
+//! makes the kernel send RST instead of FIN, and an RST makes the peer's kernel throw away
+//! what it received and the peer's application had not read yet: the last bytes of a stream,
+//! or responses an HTTP client then counts as errors. This matters most when a draining agent
+//! closes its connections right after the last stream. So the socket is shut down for writing
+//! (FIN after the data) and read until the peer closes too (bounded), in a task of its own
+//! that the drain waits for.
 
 use std::{
     io,
@@ -29,13 +32,16 @@ const LINGER: Duration = Duration::from_secs(2);
 pub struct LingeringClose {
     tcp: Option<TcpStream>,
     drain: Drain,
+    /// What the drain's progress log calls the closing connection.
+    kind: &'static str,
 }
 
 impl LingeringClose {
-    pub fn new(tcp: TcpStream, drain: Drain) -> LingeringClose {
+    pub fn new(tcp: TcpStream, drain: Drain, kind: &'static str) -> LingeringClose {
         LingeringClose {
             tcp: Some(tcp),
             drain,
+            kind,
         }
     }
 
@@ -108,7 +114,7 @@ impl Drop for LingeringClose {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let carried = self.drain.track("closing tunnel connection");
+        let carried = self.drain.track(self.kind);
         runtime.spawn(async move {
             let _carried = carried;
             let _ = tcp.shutdown().await;
@@ -148,7 +154,7 @@ mod tests {
         });
         let (tcp, _) = listener.accept().await.unwrap();
         let drain = Drain::default();
-        let mut conn = LingeringClose::new(tcp, drain.clone());
+        let mut conn = LingeringClose::new(tcp, drain.clone(), "closing test connection");
         conn.write_all(&[1u8; 256 * 1024]).await.unwrap();
         drop(conn);
         let (result, len) = peer.await.unwrap();

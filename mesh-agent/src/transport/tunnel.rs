@@ -360,7 +360,11 @@ impl TunnelPool {
             .map_err(|_| anyhow!("connect to tunnel {node}: timed out"))?
             .with_context(|| format!("connect to tunnel {node}"))?;
         tcp.set_nodelay(true)?;
-        let tcp = super::linger::LingeringClose::new(tcp, self.drain.clone());
+        let tcp = super::linger::LingeringClose::new(
+            tcp,
+            self.drain.clone(),
+            "closing tunnel connection",
+        );
         let tcp_us = started.elapsed().as_micros();
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,

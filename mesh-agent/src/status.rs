@@ -37,6 +37,14 @@ pub fn problems(h: &Health) -> Vec<String> {
              missing from flows and metrics"
         ));
     }
+    let evicted = counter("conns_evicted");
+    if evicted > 0 {
+        out.push(format!(
+            "{evicted} connections closed after the connection map evicted their entry (the \
+             node held more than {} connections): their bytes are missing from TCP metrics",
+            mesh_common::capacity::CONNS
+        ));
+    }
     let threshold = h.cert_lifetime_seconds / 10;
     for c in &h.certificates {
         if c.expires_in_seconds <= 0 {
@@ -326,6 +334,7 @@ mod tests {
         let mut h = healthy_agent();
         h.ready = false;
         h.kernel.insert("events_lost".into(), 3);
+        h.kernel.insert("conns_evicted".into(), 6);
         h.kernel.insert("connect_denied".into(), 2);
         h.kernel.insert("ingress_denied".into(), 1);
         h.kernel.insert("ingress_strict_denied".into(), 1);
@@ -337,24 +346,29 @@ mod tests {
         h.tls_handshake_failures = 4;
         h.authz_denied = 5;
         let p = problems(&h);
-        assert_eq!(p.len(), 8, "{p:#?}");
+        assert_eq!(p.len(), 9, "{p:#?}");
         assert!(p[0].contains("not ready"));
         assert!(p[1].starts_with("3 connection events were lost"));
         assert!(
-            p[2].contains("spiffe://td/ns/a/sa/soon expires in 2h13m"),
+            p[2].starts_with("6 connections closed after the connection map evicted"),
             "{}",
             p[2]
         );
-        assert!(p[2].contains("1d0h lifetime"), "{}", p[2]);
         assert!(
-            p[3].contains("spiffe://td/ns/a/sa/gone expired 1m5s ago"),
+            p[3].contains("spiffe://td/ns/a/sa/soon expires in 2h13m"),
             "{}",
             p[3]
         );
-        assert!(p[4].starts_with("4 inbound tunnel TLS handshakes failed"));
-        assert!(p[5].starts_with("5 inbound connections were refused by authorization"));
-        assert!(p[6].starts_with("2 outbound connections were denied"));
-        assert!(p[7].starts_with("2 inbound connections were dropped"));
+        assert!(p[3].contains("1d0h lifetime"), "{}", p[3]);
+        assert!(
+            p[4].contains("spiffe://td/ns/a/sa/gone expired 1m5s ago"),
+            "{}",
+            p[4]
+        );
+        assert!(p[5].starts_with("4 inbound tunnel TLS handshakes failed"));
+        assert!(p[6].starts_with("5 inbound connections were refused by authorization"));
+        assert!(p[7].starts_with("2 outbound connections were denied"));
+        assert!(p[8].starts_with("2 inbound connections were dropped"));
         assert!(!p.iter().any(|s| s.contains("ok ")), "{p:#?}");
     }
 

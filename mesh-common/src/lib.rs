@@ -52,6 +52,10 @@ pub mod capacity {
     pub const PENDING_ORIGINS: u32 = 16_384;
     pub const CONNS: u32 = 262_144;
     pub const SOCKS: u32 = 262_144;
+    /// Slots of the per-CPU counter array: more than `stat::COUNT`, so that a counter added
+    /// at the next index keeps the pinned layout (an older agent reading the same pins just
+    /// does not know the new slot).
+    pub const STATS: u32 = 64;
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }
 
@@ -63,7 +67,9 @@ pub const CONFIG_INDEX: u32 = 0;
 /// agent adopts them only when the pinned `CONFIG` entry carries this same version, and
 /// refuses to start otherwise (a different layout would be misread). Bump it with any change
 /// to a pinned map's types or meaning.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+/// Version 3: the counter array has spare slots (`capacity::STATS`) and counts closes whose
+/// connection entry the LRU had evicted.
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Node-wide settings the programs need.
 #[repr(C)]
@@ -329,7 +335,11 @@ pub mod stat {
     pub const CONNECT_NO_AGENT: u32 = 12;
     /// Of those, the ones that went direct (`node.fail_mode: open`); the rest were refused.
     pub const CONNECT_FAIL_OPEN: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Connections that closed without an entry in the connection map: the LRU evicted it
+    /// while they were open (the node held more connections than the map), so their counters
+    /// and close event are lost.
+    pub const CONNS_EVICTED: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_redirected",
         "connect_denied",
@@ -345,6 +355,7 @@ pub mod stat {
         "ingress_strict_denied",
         "connect_no_agent",
         "connect_fail_open",
+        "conns_evicted",
     ];
 }
 

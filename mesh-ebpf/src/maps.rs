@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use mesh_common::{
     AgentConfig, AgentOrigin, AgentOriginKey, ClientKey, ConnStats, OrigDst, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity, stat,
+    PolicyValue, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity,
 };
 
 #[map]
@@ -76,4 +76,4 @@ pub static MESH_SOCKS: SockHash<SockKey> = SockHash::with_max_entries(capacity::
 pub static MESH_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
 #[map]
-pub static MESH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+pub static MESH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::STATS, 0);

@@ -107,6 +107,14 @@ fn on_counters(ctx: &SockOpsContext, closed_from: Option<u32>) {
     let counters = read_counters(ctx.ops);
     let key = sock_key(ctx, &tuple);
     let Some(stats) = MESH_CONNS.get_ptr_mut(key) else {
+        // Every socket that gets these callbacks had its entry inserted when it was
+        // established (that is where the callbacks are switched on): a close without one
+        // means the LRU evicted it. Its counters are gone; the loss itself must show.
+        if closed_from.is_some() {
+            bump(stat::CONNS_EVICTED, 1);
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = MESH_ORIG_DST_BY_COOKIE.remove(cookie);
+        }
         return;
     };
     if let Some(old) = closed_from {

@@ -52,6 +52,7 @@ pub const CONTRACT_METRICS: &[&str] = &[
     "mesh_agent_map_capacity",
     "mesh_agent_policy_drops_total",
     "mesh_agent_ringbuf_lost_events_total",
+    "mesh_agent_connection_map_evictions_total",
     "mesh_agent_access_log_dropped_total",
     "mesh_agent_access_log_written_total",
     "mesh_agent_connections_redirected_total",

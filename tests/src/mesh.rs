@@ -205,6 +205,8 @@ pub struct Mesh {
     agents: BTreeMap<String, Proc>,
     pub bins: Binaries,
     pub sim: Sim,
+    /// `node.bpffs` of agents started from now on, when not the default /sys/fs/bpf/<prefix>.
+    bpffs: Option<PathBuf>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -220,12 +222,22 @@ impl Mesh {
             agents: BTreeMap::new(),
             bins,
             sim,
+            bpffs: None,
             _turn: turn,
         })
     }
 
     pub fn pin_root(&self) -> PathBuf {
-        Path::new("/sys/fs/bpf").join(self.sim.prefix())
+        self.bpffs
+            .clone()
+            .unwrap_or_else(|| Path::new("/sys/fs/bpf").join(self.sim.prefix()))
+    }
+
+    /// Agents started from now on pin under `dir` (`node.bpffs`) instead of a directory of
+    /// /sys/fs/bpf: where no bpffs is mounted, the agent mounts one. The mesh unmounts it
+    /// when dropped.
+    pub fn use_bpffs(&mut self, dir: PathBuf) {
+        self.bpffs = Some(dir);
     }
 
     pub fn workload(&self, name: &str) -> &WorkloadHandle {
@@ -704,6 +716,10 @@ impl Drop for Mesh {
             let _ = proc.kill();
         }
         let _ = std::fs::remove_dir_all(self.pin_root());
+        if let Some(dir) = &self.bpffs {
+            // A bpffs the agent mounted; lazily, in case a process still has a pin open.
+            let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 

@@ -83,11 +83,25 @@ pub fn read_ca(ca_dir: &Path) -> Result<CertKey> {
 
 /// A self-signed CA that has nothing to do with the mesh.
 pub fn self_signed_ca(common_name: &str) -> Result<CertKey> {
+    build_ca(common_name, None)
+}
+
+/// A self-signed CA valid only for `validity` (e.g. one that expires while the test runs).
+pub fn ca_valid(common_name: &str, validity: Validity) -> Result<CertKey> {
+    build_ca(common_name, Some(validity))
+}
+
+fn build_ca(common_name: &str, validity: Option<Validity>) -> Result<CertKey> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    if let Some(validity) = validity {
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + validity.from;
+        params.not_after = now + validity.to;
+    }
     let serial = random_serial();
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     let cert = params.self_signed(&key)?;

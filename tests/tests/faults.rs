@@ -4,7 +4,11 @@
 //!   an endpoint elsewhere fails over (outlier ejection), and once the peer is back the
 //!   tunnel pool opens a new session and the peer's endpoints serve again;
 //! - the config file is deleted while the agent runs: the running config stays, the reload
-//!   error says so, and the file's return is a normal reload.
+//!   error says so, and the file's return is a normal reload;
+//! - the ring buffer of close events overflows: the loss is counted, exported and reported;
+//! - the connection map (LRU) is full: live entries are evicted, every connection that closes
+//!   without its entry is counted, exported and reported, and policy (never kept in an LRU
+//!   map) holds.
 
 mod common;
 mod l7_support;
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use l7_support::*;
-use mesh_tests::mesh::{MeshSpec, ServiceSpec};
+use mesh_tests::mesh::{MeshSpec, PolicySpec, ServiceSpec};
 
 const POOL_VIP: &str = "10.96.4.10";
 const REMOTE_VIP: &str = "10.96.4.11";
@@ -322,4 +326,467 @@ fn a_ring_buffer_overflow_is_counted_and_reported() {
         .expect("probe");
     assert_eq!(again["reply"], "ping", "{again}");
     assert!(mesh.kernel_counter("node1", "conns_opened").unwrap() > opened);
+}
+
+/// A key no socket of the node can have (netns cookies start at 1 and count up), numbered.
+fn filler_key(n: u64) -> mesh_common::SockKey {
+    let mut local_ip = [0u8; 16];
+    local_ip[..8].copy_from_slice(&n.to_be_bytes());
+    mesh_common::SockKey {
+        netns_cookie: u64::MAX,
+        local_ip,
+        remote_ip: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        _pad: 0,
+    }
+}
+
+/// The connection map of 262 144 entries is full (the test writes entries through the pin,
+/// as a node holding that many connections would) and the entries of connections still open
+/// are evicted. Each of them that then closes is counted by the kernel (`conns_evicted`),
+/// exported as `mesh_agent_connection_map_evictions_total` and named by `mesh-agent
+/// status`; connections opened into the full map are tracked, and policy (hash and LPM maps,
+/// never evicted) holds: a denied connect still gets EPERM, a meshed one is still redirected
+/// and answered.
+#[test]
+fn a_full_connection_map_counts_every_eviction_and_policy_holds() {
+    use aya::maps::{HashMap, Map, MapData};
+    use mesh_common::{ConnStats, SockKey, capacity, map_names};
+    const HELD: usize = 16;
+    const EPERM: i64 = 1;
+    const LRU_ECHO_VIP: &str = "10.96.4.20";
+    let mut mesh = mesh("fault-lru");
+    mesh.sim.add_pod("node1", "client").expect("pod client");
+    mesh.sim.add_pod("node1", "sink").expect("pod sink");
+    let _sink = mesh
+        .serve("sink", &["echo-server", "--listen", "0.0.0.0:7000"])
+        .expect("echo");
+    let sink = mesh.workload("sink").ip;
+    let mut spec = MeshSpec {
+        services: vec![ServiceSpec {
+            protocol: Some("tcp".into()),
+            ..service("echo", LRU_ECHO_VIP, 80, 7000, &["sink"])
+        }],
+        ..MeshSpec::default()
+    };
+    // client may reach the echo service and the sink pod directly (kernel path), nothing else.
+    spec.policies.insert(
+        "client".into(),
+        PolicySpec {
+            egress: Some(vec![
+                (format!("{LRU_ECHO_VIP}/32"), vec![80]),
+                (format!("{sink}/32"), vec![7000]),
+            ]),
+            ingress: None,
+        },
+    );
+    mesh.start_agent("node1", &spec).expect("agent node1");
+    assert_eq!(mesh.kernel_counter("node1", "conns_evicted").unwrap(), 0);
+    let direct = format!("{sink}:7000");
+
+    // Connections that stay open while the map fills (kernel path: both ends on node1).
+    let mut hold = mesh
+        .spawn_probe(
+            "client",
+            &[
+                "hold",
+                "--connect",
+                &direct,
+                "--count",
+                &HELD.to_string(),
+                "--seconds",
+                "300",
+            ],
+        )
+        .expect("hold");
+    let line = hold
+        .wait_for_stdout("established", Duration::from_secs(30))
+        .expect("held connections");
+    assert!(line.contains(&format!("\"established\":{HELD}")), "{line}");
+
+    let pin = mesh.pin_dir("node1").join(map_names::CONNS);
+    let data = MapData::from_pin(&pin).expect("open the pinned connection map");
+    let mut conns: HashMap<MapData, SockKey, ConnStats> =
+        HashMap::try_from(Map::LruHashMap(data)).expect("connection map");
+    let is_held =
+        |k: &SockKey| k.netns_cookie != u64::MAX && (k.local_port == 7000 || k.remote_port == 7000);
+    let held_entries = |conns: &HashMap<MapData, SockKey, ConnStats>| {
+        conns.keys().flatten().filter(is_held).count()
+    };
+    assert_eq!(
+        held_entries(&conns),
+        2 * HELD,
+        "both ends of each held connection are tracked"
+    );
+    // Fill the map to its capacity: every further entry now evicts one.
+    let filler = ConnStats::default();
+    for n in 0..u64::from(capacity::CONNS) {
+        conns
+            .insert(filler_key(n), filler, 0)
+            .expect("insert into a full LRU map evicts, never fails");
+    }
+    let written = capacity::CONNS;
+    let entries = conns.keys().flatten().count();
+    // (The kernel keeps up to 128 free entries per CPU aside, so "full" evicts a little early.)
+    assert!(
+        entries as u32 >= capacity::CONNS / 100 * 99,
+        "the map is full: {entries} entries"
+    );
+    // Which entries go is the kernel's choice: its LRU keeps entries that programs have
+    // referenced (the held connections' entries, looked up by sock_ops as they were set up)
+    // on an active list and evicts never-referenced ones (the fillers) first, so at this size
+    // the fillers would evict each other. The test plays the LRU's part for the held
+    // connections and takes their entries out, as a node with 262 144 busy connections would.
+    let held: Vec<SockKey> = conns.keys().flatten().filter(is_held).collect();
+    for key in &held {
+        conns.remove(key).expect("evict a held connection's entry");
+    }
+    assert_eq!(
+        held_entries(&conns),
+        0,
+        "the held connections' entries are gone"
+    );
+    eprintln!(
+        "connection map: {written} filler entries written, {} held entries evicted",
+        held.len()
+    );
+
+    // Policy while the map is full: denied still EPERM, meshed still redirected and answered.
+    let denied = mesh
+        .probe(
+            "client",
+            &[
+                "connect",
+                "--connect",
+                &format!("{sink}:7001"),
+                "--timeout-ms",
+                "3000",
+            ],
+        )
+        .expect("probe");
+    assert_eq!(denied["errno"].as_i64(), Some(EPERM), "{denied}");
+    let closed_before = mesh.kernel_counter("node1", "conns_closed").unwrap();
+    let meshed = mesh
+        .probe(
+            "client",
+            &[
+                "connect",
+                "--connect",
+                &format!("{LRU_ECHO_VIP}:80"),
+                "--send",
+                "ping",
+            ],
+        )
+        .expect("probe");
+    assert_eq!(meshed["ok"].as_bool(), Some(true), "{meshed}");
+    assert_eq!(meshed["reply"].as_str(), Some("ping"), "{meshed}");
+    // A connection opened into the full map is tracked to its close (its entry pushed out a
+    // filler): the client's and the server's end of the kernel-path connection.
+    let evicted_before = mesh.kernel_counter("node1", "conns_evicted").unwrap();
+    let fresh = mesh
+        .probe(
+            "client",
+            &["connect", "--connect", &direct, "--send", "ping"],
+        )
+        .expect("probe");
+    assert_eq!(fresh["ok"].as_bool(), Some(true), "{fresh}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.kernel_counter("node1", "conns_closed").unwrap() < closed_before + 2
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        mesh.kernel_counter("node1", "conns_closed").unwrap() >= closed_before + 2,
+        "connections opened into the full map are tracked to their close"
+    );
+    assert_eq!(
+        mesh.kernel_counter("node1", "conns_evicted").unwrap(),
+        evicted_before,
+        "new connections push out the least recently used entries, not each other"
+    );
+
+    // The held connections close: each end is counted as evicted.
+    hold.kill().expect("close the held connections");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let evicted = loop {
+        let n = mesh.kernel_counter("node1", "conns_evicted").unwrap();
+        if n >= (2 * HELD) as u64 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        evicted >= (2 * HELD) as u64,
+        "{evicted} evicted closes counted, {} expected",
+        2 * HELD
+    );
+    eprintln!("connection map: {evicted} closes without their entry counted");
+    let metrics = mesh
+        .sim
+        .run(
+            &mesh.outside("node1"),
+            "curl",
+            ["-sS", "http://127.0.0.1:15020/metrics"],
+        )
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let exported: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_agent_connection_map_evictions_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no mesh_agent_connection_map_evictions_total in:\n{text}"));
+    assert!(
+        exported >= evicted,
+        "exported {exported}, counted {evicted}"
+    );
+    let status = mesh.admin("node1", "/status").expect("/status");
+    assert!(
+        status
+            .to_string()
+            .contains("connections closed after the connection map evicted their entry"),
+        "mesh-agent status names the evictions: {status}"
+    );
+}
+
+/// bpffs where the agent pins is not mounted (a host without systemd's mount, a container
+/// without /sys/fs/bpf): the agent mounts it, enforces policy from it, leaves the policy in
+/// place when it stops, and the next agent adopts the pins there. A bpffs the agent cannot
+/// write (mounted read-only) stops it at start with the path and the reason.
+#[test]
+fn a_missing_bpffs_is_mounted_and_an_unwritable_one_is_named() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    const EPERM: i64 = 1;
+    let mut mesh = mesh("fault-bpffs");
+    mesh.sim.add_pod("node1", "client").expect("pod client");
+    mesh.sim.add_pod("node1", "sink").expect("pod sink");
+    let _sink = mesh
+        .serve("sink", &["echo-server", "--listen", "0.0.0.0:7000"])
+        .expect("echo");
+    let sink = mesh.workload("sink").ip;
+    let mut spec = MeshSpec::default();
+    spec.policies.insert(
+        "client".into(),
+        PolicySpec {
+            egress: Some(vec![(format!("{sink}/32"), vec![7000])]),
+            ingress: None,
+        },
+    );
+    let connect = |mesh: &mesh_tests::mesh::Mesh, port: u16| {
+        mesh.probe(
+            "client",
+            &[
+                "connect",
+                "--connect",
+                &format!("{sink}:{port}"),
+                "--timeout-ms",
+                "3000",
+            ],
+        )
+        .expect("probe")
+    };
+    let is_bpffs = |dir: &std::path::Path| {
+        nix::sys::statfs::statfs(dir)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+
+    let bpffs = mesh.sim.dir().join("bpffs");
+    assert!(!bpffs.exists());
+    mesh.use_bpffs(bpffs.clone());
+    mesh.start_agent("node1", &spec).expect("agent node1");
+    assert!(
+        is_bpffs(&bpffs),
+        "the agent mounted bpffs at {}",
+        bpffs.display()
+    );
+    let logs = mesh.agent_logs("node1");
+    assert!(
+        logs.contains("bpffs was not mounted: mounted it"),
+        "the agent says it mounted bpffs: {logs}"
+    );
+    assert!(
+        mesh.pin_dir("node1")
+            .join(mesh_common::map_names::CONNS)
+            .exists(),
+        "maps pinned on the new mount"
+    );
+    assert_eq!(connect(&mesh, 7001)["errno"].as_i64(), Some(EPERM));
+    assert_eq!(connect(&mesh, 7000)["ok"].as_bool(), Some(true));
+
+    // Stopped: the policy stays on that mount; the next agent adopts its pins.
+    mesh.stop_agent("node1").expect("SIGTERM");
+    assert_eq!(connect(&mesh, 7001)["errno"].as_i64(), Some(EPERM));
+    mesh.start_agent("node1", &spec).expect("agent node1 again");
+    let logs = mesh.agent_logs("node1");
+    assert!(
+        logs.contains("replaced=6") && !logs.contains("bpffs was not mounted"),
+        "the second agent found the mount and adopted the pinned links: {logs}"
+    );
+    assert_eq!(connect(&mesh, 7001)["errno"].as_i64(), Some(EPERM));
+    assert_eq!(connect(&mesh, 7000)["ok"].as_bool(), Some(true));
+
+    // A read-only bpffs: refused at start, naming the place and the reason.
+    let read_only = mesh.sim.dir().join("bpffs-ro");
+    std::fs::create_dir_all(&read_only).expect("mount point");
+    mount(
+        Some("bpf"),
+        &read_only,
+        Some("bpf"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("mount a read-only bpffs");
+    mesh.use_bpffs(read_only.clone());
+    let refused = mesh.start_agent_expecting_failure("node2", &spec);
+    mesh.use_bpffs(bpffs);
+    let _ = umount2(&read_only, MntFlags::MNT_DETACH);
+    let (status, logs) = refused.expect("node2 refused");
+    assert!(!status.success());
+    assert!(
+        logs.contains(&read_only.join("node2").display().to_string())
+            && logs.contains("Read-only file system"),
+        "the error names the pin directory and why: {logs}"
+    );
+}
+
+/// The CA can no longer issue (its own certificate expired: the agent signs with the CA it
+/// loaded, so this is how issuance fails) and the workload certificates run out: the agent
+/// says so in its log on every attempt, `mesh-agent status` names each expired certificate,
+/// readiness fails with the reason, `mesh_agent_certificate_expiration_timestamp_seconds`
+/// is in the past (MeshAgentCertificateNearExpiry fires, see alerts_test.yaml), and a
+/// workload that needs a new certificate cannot open a tunnel session: refused at once.
+#[test]
+fn certificates_that_expire_while_the_ca_cannot_issue_are_reported() {
+    use mesh_tests::pki;
+    const CA_SECONDS: i64 = 15;
+    const SHORT_VIP: &str = "10.96.4.30";
+    const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/default";
+    let mut mesh = mesh("fault-ca");
+    mesh.sim.add_pod("node1", "client").expect("pod client");
+    mesh.sim
+        .add_pod("node1", "latecomer")
+        .expect("pod latecomer");
+    mesh.sim.add_pod("node2", "echo").expect("pod echo");
+    let _echo = mesh
+        .serve("echo", &["echo-server", "--listen", "0.0.0.0:7000"])
+        .expect("echo");
+    let ca_expires = Instant::now() + Duration::from_secs(CA_SECONDS as u64);
+    let ca = pki::ca_valid(
+        "short-lived mesh CA",
+        pki::Validity {
+            from: time::Duration::hours(-1),
+            to: time::Duration::seconds(CA_SECONDS),
+        },
+    )
+    .expect("CA");
+    let files = ca.write(mesh.sim.dir(), "short-ca").expect("CA files");
+    let mut spec = MeshSpec {
+        services: vec![ServiceSpec {
+            protocol: Some("tcp".into()),
+            ..service("echo", SHORT_VIP, 80, 7000, &["echo"])
+        }],
+        ..MeshSpec::default()
+    };
+    spec.identities.insert(
+        "latecomer".into(),
+        mesh_tests::mesh::IdentitySpec {
+            service_account: Some("latecomer".into()),
+            ..Default::default()
+        },
+    );
+    spec.identity_yaml = Some(format!(
+        "  ca:\n    cert: {}\n    key: {}\n",
+        files.cert.display(),
+        files.key.display()
+    ));
+    mesh.start_agent("node1", &spec).expect("agent node1");
+    mesh.start_agent("node2", &spec).expect("agent node2");
+    let target = format!("{SHORT_VIP}:80");
+    let ping = |mesh: &mesh_tests::mesh::Mesh, pod: &str| {
+        mesh.probe(
+            pod,
+            &[
+                "connect",
+                "--connect",
+                &target,
+                "--send",
+                "ping",
+                "--timeout-ms",
+                "3000",
+            ],
+        )
+        .expect("probe")
+    };
+    let before = ping(&mesh, "client");
+    assert_eq!(before["reply"], "ping", "{before}");
+
+    std::thread::sleep(
+        ca_expires.saturating_duration_since(Instant::now()) + Duration::from_secs(2),
+    );
+
+    let logs = mesh.agent_logs("node1");
+    assert!(
+        logs.contains("certificate expired and could not be rotated")
+            && logs.contains("the CA certificate expired at"),
+        "the log says why the certificate was not renewed: {logs}"
+    );
+    let status = mesh.admin("node1", "/status").expect("/status").to_string();
+    assert!(
+        status.contains(&format!("the certificate of {CLIENT_ID} expired")),
+        "mesh-agent status names the expired certificate: {status}"
+    );
+    let outside = mesh.outside("node1");
+    let ready = mesh
+        .sim
+        .run(
+            &outside,
+            "curl",
+            [
+                "-sS",
+                "-w",
+                "\\n%{http_code}",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )
+        .expect("readiness");
+    let ready = String::from_utf8_lossy(&ready.stdout).to_string();
+    assert!(
+        ready.ends_with("503") && ready.contains("has expired"),
+        "readiness fails with the reason: {ready}"
+    );
+    let metrics = mesh
+        .sim
+        .run(&outside, "curl", ["-sS", "http://127.0.0.1:15020/metrics"])
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let prefix = format!(
+        "mesh_agent_certificate_expiration_timestamp_seconds{{spiffe_id=\"{CLIENT_ID}\"}} "
+    );
+    let expiry = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry < now,
+        "the exported expiry {expiry} is in the past (now {now})"
+    );
+
+    // A workload without a certificate yet cannot get one: its connection is refused at
+    // once instead of hanging.
+    let started = Instant::now();
+    let late = ping(&mesh, "latecomer");
+    eprintln!(
+        "latecomer after the CA expired: {late} in {:?}",
+        started.elapsed()
+    );
+    assert_ne!(late["reply"], "ping", "{late}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{late}");
 }

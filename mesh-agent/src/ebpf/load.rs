@@ -18,7 +18,7 @@ use aya::{
 use mesh_common::{
     AgentConfig, AgentOrigin, AgentOriginKey, CONFIG_INDEX, ClientKey, ConnStats, OrigDst,
     PIN_LAYOUT_VERSION, PolicyKey, ServiceKey, ServiceValue, SockKey, WorkloadValue, capacity,
-    map_names, program_names, stat,
+    map_names, program_names,
 };
 
 use super::{
@@ -268,7 +268,7 @@ fn pinned_layouts() -> [(&'static str, usize, usize, u32); 12] {
             size_of::<ConnStats>(),
             capacity::CONNS,
         ),
-        (map_names::STATS, 4, 8, stat::COUNT),
+        (map_names::STATS, 4, 8, capacity::STATS),
     ]
 }
 

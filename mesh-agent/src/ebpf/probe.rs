@@ -88,7 +88,12 @@ pub fn ensure_bpffs(path: &Path) -> Result<()> {
     if is_bpffs(path) {
         return Ok(());
     }
-    std::fs::create_dir_all(path)?;
+    std::fs::create_dir_all(path).map_err(|e| {
+        anyhow::anyhow!(
+            "bpffs is not mounted at {} and the directory cannot be created to mount it: {e}",
+            path.display()
+        )
+    })?;
     nix::mount::mount(
         Some("bpf"),
         path,
@@ -96,5 +101,7 @@ pub fn ensure_bpffs(path: &Path) -> Result<()> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|e| anyhow::anyhow!("cannot mount bpffs at {}: {e}", path.display()))
+    .map_err(|e| anyhow::anyhow!("cannot mount bpffs at {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "bpffs was not mounted: mounted it");
+    Ok(())
 }

@@ -163,7 +163,7 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
             ],
         ),
     );
-    let plain: [(&str, &str, u64); 7] = [
+    let plain: [(&str, &str, u64); 8] = [
         (
             "ringbuf_lost_events",
             "Connection-close events the kernel could not queue (ring buffer full)",
@@ -198,6 +198,11 @@ pub fn encode(shared: &Shared, out: &mut String) -> std::fmt::Result {
             "orig_dst_missing",
             "Redirected connections whose original destination was not found",
             k("orig_dst_missing"),
+        ),
+        (
+            "connection_map_evictions",
+            "Connections that closed after the kernel's connection map (LRU) had evicted their entry because it was full: their byte counts and close events are lost",
+            k("conns_evicted"),
         ),
     ];
     for (name, help, value) in plain {

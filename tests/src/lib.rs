@@ -7,6 +7,7 @@
 
 pub mod dashboard;
 pub mod fake_kube;
+pub mod h2load;
 pub mod kube_sim;
 pub mod mesh;
 pub mod pki;

@@ -197,6 +197,36 @@ pub fn wait_until_ready(
     }
 }
 
+/// Waits for an agent replaced by a handover to drain and exit; its logs once it exited
+/// cleanly, an error when it failed or still runs after `limit`.
+pub fn wait_replaced_exit(old: &mut Proc, limit: Duration) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = old.try_wait()? {
+            let logs = old.logs();
+            anyhow::ensure!(
+                status.success(),
+                "a replaced agent exited with {status}:\n{logs}"
+            );
+            return Ok(logs);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a replaced agent still runs after {} s:\n{}",
+            limit.as_secs(),
+            old.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The lines of `text` that are JSON values (a probe's or agent's JSON output), parsed.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// Simulated nodes share one kernel; running several meshes at once on a 2-core machine only
 /// makes them slower and noisier, so they take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -102,25 +102,9 @@ fn agent_usage(mesh: &Mesh) -> Result<[Usage; 2]> {
 
 /// h2load's "requests:" line: (done, failed + errored + timeout).
 fn h2load_counts(out: &str) -> Result<(u64, u64)> {
-    let line = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("requests:"))
-        .with_context(|| format!("no requests line in h2load's output:\n{out}"))?;
-    let mut done = 0;
-    let mut bad = 0;
-    for field in line.split(',') {
-        let mut parts = field.split_whitespace();
-        let (Some(n), Some(key)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let n: u64 = n.parse().unwrap_or(0);
-        match key {
-            "done" => done = n,
-            "failed" | "errored" | "timeout" => bad += n,
-            _ => {}
-        }
-    }
-    Ok((done, bad))
+    let c = crate::h2load::summary_counts(out, "requests:")?;
+    let n = |key: &str| c.get(key).copied().unwrap_or(0);
+    Ok((n("done"), n("failed") + n("errored") + n("timeout")))
 }
 
 pub fn run(bins: Binaries, options: &SoakOptions) -> Result<SoakReport> {

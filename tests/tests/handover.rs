@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use mesh_tests::mesh::{Mesh, MeshSpec, ServiceSpec};
@@ -75,30 +75,8 @@ fn upgraded_binary(mesh: &Mesh) -> PathBuf {
 
 /// Waits for an old agent to finish its drain and exit; returns its logs.
 fn wait_exit(old: &mut Proc, node: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = old.try_wait().expect("old agent") {
-            let logs = old.logs();
-            assert!(
-                status.success(),
-                "old agent of {node} exited with {status}:\n{logs}"
-            );
-            return logs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old agent of {node} still running after {} s:\n{}",
-            limit.as_secs(),
-            old.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    mesh_tests::mesh::wait_replaced_exit(old, limit)
+        .unwrap_or_else(|e| panic!("old agent of {node}: {e:#}"))
 }
 
 fn restart_each_node(tag: &str, upgrade: bool) {
@@ -217,7 +195,7 @@ fn restart_each_node(tag: &str, upgrade: bool) {
     assert_eq!(result["received"].as_u64(), Some(TRANSFER), "{result}");
 
     let _ = h2.wait();
-    let lines = json_lines(&h2.stdout());
+    let lines = mesh_tests::mesh::json_lines(&h2.stdout());
     let summary = lines
         .iter()
         .find(|l| l["summary"] == true)
@@ -239,7 +217,7 @@ fn restart_each_node(tag: &str, upgrade: bool) {
     );
 
     let _ = dials.wait();
-    let attempts = json_lines(&dials.stdout());
+    let attempts = mesh_tests::mesh::json_lines(&dials.stdout());
     let bad: Vec<&Value> = attempts.iter().filter(|a| a["ok"] != true).collect();
     assert!(
         bad.is_empty(),

@@ -41,6 +41,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(super) use mesh_tests::h2load::counts;
+
 use anyhow::{Context, Result, bail, ensure};
 
 use super::agents::BenchAgents;
@@ -718,23 +720,6 @@ fn parse_summary(out: &str) -> Result<Summary> {
         rps,
         done,
     })
-}
-
-/// "10 total, 0 failed" -> {total: 10, failed: 0}.
-pub(super) fn counts(fields: &str) -> Result<BTreeMap<String, u64>> {
-    fields
-        .split(',')
-        .map(|f| {
-            let (n, key) = f
-                .trim()
-                .split_once(' ')
-                .with_context(|| format!("bad h2load count {f:?}"))?;
-            let n = n
-                .parse()
-                .with_context(|| format!("bad h2load count {f:?}"))?;
-            Ok((key.trim().to_string(), n))
-        })
-        .collect()
 }
 
 /// Microseconds each request took, from h2load's `--log-file` (start time, status, duration,

@@ -39,12 +39,6 @@ struct Restart {
     ready_ms: f64,
 }
 
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
@@ -57,24 +51,8 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 
 /// Waits for a replaced agent to drain and exit; whether it drained (not timed out).
 fn wait_drained(old: &mut Proc, limit: Duration) -> Result<bool> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = old.try_wait()? {
-            ensure!(
-                status.success(),
-                "a replaced agent exited with {status}:\n{}",
-                old.logs()
-            );
-            return Ok(old.stderr().contains("drained: every connection ended"));
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "a replaced agent still runs after {} s:\n{}",
-            limit.as_secs(),
-            old.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let logs = mesh_tests::mesh::wait_replaced_exit(old, limit)?;
+    Ok(logs.contains("drained: every connection ended"))
 }
 
 pub fn run(json_out: bool) -> Result<()> {
@@ -199,7 +177,7 @@ pub fn run(json_out: bool) -> Result<()> {
         map.get(key).copied().unwrap_or(0)
     };
     h2.wait()?;
-    let h2_lines = json_lines(&h2.stdout());
+    let h2_lines = mesh_tests::mesh::json_lines(&h2.stdout());
     let h2_summary = h2_lines
         .iter()
         .find(|l| l["summary"] == true)
@@ -207,7 +185,7 @@ pub fn run(json_out: bool) -> Result<()> {
         .with_context(|| format!("no h2-loop summary:\n{}", h2.logs()))?;
     let h2_ms: Vec<f64> = h2_lines.iter().filter_map(|l| l["ms"].as_f64()).collect();
     dials.wait()?;
-    let dial_lines = json_lines(&dials.stdout());
+    let dial_lines = mesh_tests::mesh::json_lines(&dials.stdout());
     let dial_ms: Vec<f64> = dial_lines.iter().filter_map(|l| l["ms"].as_f64()).collect();
     let dials_failed = dial_lines.iter().filter(|l| l["ok"] != true).count();
     for failed in dial_lines.iter().filter(|l| l["ok"] != true) {

@@ -12,6 +12,7 @@ Run with Debian's /usr/bin/python3 (python3-grpcio).
 import argparse
 import json
 import sys
+import time
 
 import grpc
 
@@ -41,6 +42,9 @@ def main():
     parser.add_argument("--metadata", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--timeout", type=float, default=5.0, help="per call, seconds")
     parser.add_argument("--payload", default="hello")
+    parser.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between calls (a steady rate)"
+    )
     args = parser.parse_args()
     metadata = parse_metadata(args.metadata)
 
@@ -55,7 +59,9 @@ def main():
         call = channel.unary_unary(
             args.method, request_serializer=None, response_deserializer=None
         )
-        for _ in range(args.n):
+        for i in range(args.n):
+            if i and args.interval:
+                time.sleep(args.interval)
             try:
                 response, _call = call.with_call(
                     args.payload.encode(), metadata=metadata, timeout=args.timeout

@@ -18,6 +18,12 @@ use crate::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 
 const ECHO_VIP: &str = "10.96.8.30";
 const WEB_VIP: &str = "10.96.8.10";
+const GRPC_VIP: &str = "10.96.8.20";
+const GRPC_PORT: u16 = 50051;
+/// Debian's python3 with python3-grpcio (installed by `cargo xtask setup`).
+const PYTHON: &str = "/usr/bin/python3";
+/// Calls per second of the gRPC client.
+const GRPC_RATE: f64 = 20.0;
 const NODES: [&str; 2] = ["node1", "node2"];
 
 pub struct SoakOptions {
@@ -81,12 +87,24 @@ pub struct MixedReport {
     pub h1_failed: u64,
     pub h2c_done: u64,
     pub h2c_failed: u64,
+    pub grpc_done: u64,
+    /// Calls that did not end with status OK.
+    pub grpc_failed: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct SoakReport {
     pub idle: IdleReport,
     pub mixed: MixedReport,
+}
+
+/// A script of the gRPC test programs (tests/grpc).
+fn grpc_script(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("grpc")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn agent_usage(mesh: &Mesh) -> Result<[Usage; 2]> {
@@ -112,10 +130,13 @@ pub fn run(bins: Binaries, options: &SoakOptions) -> Result<SoakReport> {
     mesh.sim.add_pod("node1", "client")?;
     mesh.sim.add_pod("node2", "echo")?;
     mesh.sim.add_pod("node2", "web")?;
+    mesh.sim.add_pod("node2", "grpc")?;
     let spec = MeshSpec {
         services: vec![
             ServiceSpec::new("echo", ECHO_VIP.parse()?, 9000, 9000, &["echo"]),
             ServiceSpec::new("web", WEB_VIP.parse()?, 80, 8080, &["web"]).protocol("http2"),
+            ServiceSpec::new("grpc", GRPC_VIP.parse()?, GRPC_PORT, GRPC_PORT, &["grpc"])
+                .protocol("grpc"),
         ],
         ..MeshSpec::default()
     };
@@ -124,6 +145,20 @@ pub fn run(bins: Binaries, options: &SoakOptions) -> Result<SoakReport> {
         "web",
         &["http-backend", "--listen", "0.0.0.0:8080", "--name", "web"],
     )?;
+    let grpc_listen = format!("0.0.0.0:{GRPC_PORT}");
+    let _grpc = mesh
+        .serve_program(
+            "grpc",
+            PYTHON,
+            &[
+                &grpc_script("grpc_backend.py"),
+                "--listen",
+                &grpc_listen,
+                "--name",
+                "grpc",
+            ],
+        )
+        .context("gRPC backend (needs python3-grpcio)")?;
     mesh.start_agent("node1", &spec)?;
     mesh.start_agent("node2", &spec)?;
     let echo = format!("{ECHO_VIP}:9000");
@@ -199,6 +234,26 @@ pub fn run(bins: Binaries, options: &SoakOptions) -> Result<SoakReport> {
             url.as_str(),
         ],
     )?;
+    let grpc_calls = ((seconds * GRPC_RATE) as u64).max(1).to_string();
+    let grpc_interval = format!("{}", 1.0 / GRPC_RATE);
+    let grpc_target = format!("{GRPC_VIP}:{GRPC_PORT}");
+    let mut grpc = mesh.sim.spawn(
+        &client,
+        PYTHON,
+        [
+            grpc_script("grpc_client.py").as_str(),
+            "--target",
+            &grpc_target,
+            "--method",
+            "/mesh.test.Echo/Say",
+            "-n",
+            &grpc_calls,
+            "--interval",
+            &grpc_interval,
+            "--timeout",
+            "10",
+        ],
+    )?;
     let started = Instant::now();
     let warm_after = seconds * 0.1;
     let mut warm = None;
@@ -214,6 +269,7 @@ pub fn run(bins: Binaries, options: &SoakOptions) -> Result<SoakReport> {
     dials.wait()?;
     h1.wait()?;
     h2c.wait()?;
+    grpc.wait()?;
     report.mixed.seconds = seconds;
     report.mixed.warm = warm.unwrap_or_default();
     report.mixed.end = report
@@ -231,6 +287,11 @@ pub fn run(bins: Binaries, options: &SoakOptions) -> Result<SoakReport> {
     report.mixed.tcp_failed = attempts.iter().filter(|a| a["ok"] != true).count();
     (report.mixed.h1_done, report.mixed.h1_failed) = h2load_counts(&h1.stdout())?;
     (report.mixed.h2c_done, report.mixed.h2c_failed) = h2load_counts(&h2c.stdout())?;
+    let calls = crate::mesh::parse_last_json(grpc.stdout().as_bytes())
+        .with_context(|| format!("gRPC client output:\n{}", grpc.logs()))?;
+    report.mixed.grpc_done = calls["requests"].as_u64().unwrap_or(0);
+    let ok = calls["by_status"]["OK"].as_u64().unwrap_or(0);
+    report.mixed.grpc_failed = report.mixed.grpc_done.saturating_sub(ok);
     ensure!(
         report.mixed.h1_done > 0 && report.mixed.h2c_done > 0,
         "h2load did nothing:\n{}\n{}",
@@ -263,8 +324,16 @@ impl SoakReport {
         }
         let m = &self.mixed;
         out.push_str(&format!(
-            "mixed: {:.0} s; TCP {} new connections ({} failed); HTTP/1.1 {} requests ({} failed); h2c {} requests ({} failed)\n",
-            m.seconds, m.tcp_connections, m.tcp_failed, m.h1_done, m.h1_failed, m.h2c_done, m.h2c_failed
+            "mixed: {:.0} s; TCP {} new connections ({} failed); HTTP/1.1 {} requests ({} failed); h2c {} requests ({} failed); gRPC {} calls ({} not OK)\n",
+            m.seconds,
+            m.tcp_connections,
+            m.tcp_failed,
+            m.h1_done,
+            m.h1_failed,
+            m.h2c_done,
+            m.h2c_failed,
+            m.grpc_done,
+            m.grpc_failed
         ));
         for (n, node) in NODES.iter().enumerate() {
             let ratio = m.end[n].rss_kib as f64 / m.warm[n].rss_kib.max(1) as f64;

@@ -1,6 +1,6 @@
 //! The soak suite in its CI size (`cargo xtask bench soak` runs it full size: 10 000 idle
 //! connections, 10 minutes of mixed traffic): 2 000 idle meshed connections held across two
-//! nodes, then a minute of new TCP connections, HTTP/1.1 and h2c. Every connection and
+//! nodes, then a minute of new TCP connections, HTTP/1.1, h2c and gRPC. Every connection and
 //! request succeeds, and every descriptor the agents took for the idle connections is given
 //! back; RSS figures are printed (the full-size run's note has them).
 
@@ -51,6 +51,8 @@ fn idle_connections_and_mixed_traffic_leak_nothing() {
     assert_eq!(m.tcp_failed, 0, "{}", report.render());
     assert_eq!((m.h1_failed, m.h2c_failed), (0, 0), "{}", report.render());
     assert!(m.h1_done >= 500 && m.h2c_done >= 500, "{}", report.render());
+    assert_eq!(m.grpc_failed, 0, "{}", report.render());
+    assert!(m.grpc_done >= 500, "{}", report.render());
     for n in 0..2 {
         assert!(
             m.end[n].fds <= m.warm[n].fds + 16,

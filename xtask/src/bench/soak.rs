@@ -1,6 +1,6 @@
 //! `cargo xtask bench soak`: 10 000 idle meshed connections held across two nodes (RSS per
 //! connection, descriptors given back), then 10 minutes of mixed traffic (new TCP
-//! connections, HTTP/1.1, h2c) with both agents' RSS and descriptors sampled; the logic is
+//! connections, HTTP/1.1, h2c, gRPC) with both agents' RSS and descriptors sampled; the logic is
 //! `mesh_tests::soak`, which the CI test runs in a shortened form. `MESH_SOAK_IDLE` and
 //! `MESH_SOAK_SECONDS` change the sizes.
 
@@ -48,6 +48,7 @@ pub fn run(json_out: bool) -> Result<()> {
                     "mixed_seconds": m.seconds, "rss_kib_warm": m.warm[n].rss_kib, "rss_kib_end": m.end[n].rss_kib,
                     "fds_warm": m.warm[n].fds, "fds_end": m.end[n].fds,
                     "tcp_failed": m.tcp_failed, "h1_failed": m.h1_failed, "h2c_failed": m.h2c_failed,
+                    "grpc_calls": m.grpc_done, "grpc_failed": m.grpc_failed,
                 })
             );
         }

@@ -7,6 +7,7 @@ mod config;
 pub use compare::planted_slowdown_is_flagged;
 mod http;
 mod l4;
+mod memory;
 mod metrics;
 mod mtls;
 mod restart;
@@ -22,7 +23,9 @@ use mesh_tests::mesh::{Binaries, Mesh, MeshSpec, ServiceSpec};
 use serde_json::Value;
 
 /// The suites `run` knows, for the error message.
-const SUITES: &[&str] = &["l4", "mtls", "http", "metrics", "config", "restart", "soak"];
+const SUITES: &[&str] = &[
+    "l4", "mtls", "http", "metrics", "config", "restart", "soak", "memory",
+];
 
 /// What the command line asked of a bench run.
 pub struct Options {
@@ -80,6 +83,7 @@ pub fn run(suite: &str, options: &Options) -> Result<()> {
         "config" => config::run(json),
         "restart" => restart::run(json),
         "soak" => soak::run(json),
+        "memory" => memory::run(json),
         other => bail!(
             "unknown bench suite {other}; available: {}",
             SUITES.join(", ")

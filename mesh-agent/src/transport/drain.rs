@@ -23,7 +23,11 @@ struct Inner {
     active: AtomicUsize,
     /// Carried connections by kind, for the log of a drain that takes long.
     kinds: Mutex<BTreeMap<&'static str, usize>>,
-    /// Woken when draining starts and whenever a carried connection ends.
+    /// Woken once, when draining starts: every accept loop and HTTP connection waits here.
+    started: Notify,
+    /// Woken whenever a carried connection ends (and when draining starts): only the drain
+    /// loop waits here. Kept apart from `started` so that the end of one connection does not
+    /// wake every task of the agent.
     changed: Notify,
 }
 
@@ -59,6 +63,7 @@ impl Drain {
     /// Starts draining (idempotent).
     pub fn start(&self) {
         if !self.inner.draining.swap(true, Ordering::AcqRel) {
+            self.inner.started.notify_waiters();
             self.inner.changed.notify_waiters();
         }
     }
@@ -70,11 +75,11 @@ impl Drain {
     /// Resolves once draining has started.
     pub async fn started(&self) {
         loop {
-            let changed = self.inner.changed.notified();
+            let started = self.inner.started.notified();
             if self.is_draining() {
                 return;
             }
-            changed.await;
+            started.await;
         }
     }
 
@@ -203,5 +208,50 @@ mod tests {
             .expect("idle() must resolve after the last guard drops")
             .unwrap();
         assert_eq!(drain.active(), 0);
+    }
+
+    /// Counts how often the wrapped future is polled.
+    struct CountPolls<F> {
+        inner: std::pin::Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl<F: std::future::Future> std::future::Future for CountPolls<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    /// Every accept loop and HTTP connection waits for `started()`; the end of a carried
+    /// connection must not wake them all (with 10 000 connections, each close would cost
+    /// 10 000 wake-ups).
+    #[tokio::test]
+    async fn a_connection_ending_does_not_wake_the_tasks_waiting_for_the_drain() {
+        let drain = Drain::default();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let waiter = tokio::spawn(CountPolls {
+            inner: Box::pin({
+                let drain = drain.clone();
+                async move { drain.started().await }
+            }),
+            polls: polls.clone(),
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = polls.load(Ordering::Relaxed);
+        for _ in 0..10 {
+            drop(drain.track("connection"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(polls.load(Ordering::Relaxed), before, "woken by a connection's end");
+        drain.start();
+        tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("started() resolves")
+            .unwrap();
     }
 }

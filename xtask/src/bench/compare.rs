@@ -1,6 +1,7 @@
 //! `cargo xtask bench compare [SUITE...]`: reruns the data-path suites and prints each ratio
 //! (mesh / direct) beside the committed baseline's, flagging every metric more than 20 %
-//! worse; fails when one is. `--record` writes the new results into the baseline instead.
+//! worse; fails when one is. `--record` prints the same table and then writes the new results
+//! into the baseline instead of failing.
 //!
 //! The baseline (`bench/baseline.json`) is a JSON array with one object per line: suite,
 //! scenario, metric, unit, which direction is better, the ratio (or, for a mesh-only metric
@@ -339,6 +340,12 @@ pub fn run(workspace: &Path, suites: &[String], options: &Options) -> Result<()>
             true => read_baseline(&path)?,
             false => Vec::new(),
         };
+        // What the recorded run changes, against the baseline it replaces (one run gives the
+        // change's table and its new baseline).
+        if !entries.is_empty() {
+            let (table, _) = compare(&entries, &results);
+            print!("{table}");
+        }
         entries.retain(|e| !suites.contains(&e.suite.as_str()));
         entries.extend(results);
         entries.sort_by_key(Entry::key);

@@ -247,7 +247,11 @@ mod tests {
             drop(drain.track("connection"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(polls.load(Ordering::Relaxed), before, "woken by a connection's end");
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            before,
+            "woken by a connection's end"
+        );
         drain.start();
         tokio::time::timeout(Duration::from_secs(2), waiter)
             .await

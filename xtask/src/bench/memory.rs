@@ -74,7 +74,10 @@ fn held_rows(rows: &mut Vec<Row>, count: usize, before: &[Memory; 2], held: &[Me
             value: kib(&held[n]),
             unit: "KiB",
         });
-        let grown = held[n].usage.rss_kib.saturating_sub(before[n].usage.rss_kib);
+        let grown = held[n]
+            .usage
+            .rss_kib
+            .saturating_sub(before[n].usage.rss_kib);
         rows.push(Row {
             metric: format!("rss_per_1000_idle_at_{count}"),
             node,

@@ -130,6 +130,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response
                     "failed": shared.proxy.stats.failed.load(Ordering::Relaxed),
                     "bytes_up": shared.proxy.stats.bytes_up.load(Ordering::Relaxed),
                     "bytes_down": shared.proxy.stats.bytes_down.load(Ordering::Relaxed),
+                    "spliced": shared.proxy.stats.spliced.load(Ordering::Relaxed),
                 },
                 "inbound": shared.transport.inbound_stats,
                 "tunnel": shared.transport.tunnels.stats,

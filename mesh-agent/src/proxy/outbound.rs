@@ -26,8 +26,8 @@ use crate::{
     state::{Via, peers::Peer},
     transport::{
         Transport,
-        dial::{Source, dial},
-        relay,
+        dial::{Io, Source, dial},
+        relay, relay_tcp,
         sink::{Annotation, Security, sock_key},
     },
 };
@@ -40,6 +40,9 @@ pub struct ProxyStats {
     pub failed: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Relay directions between two TCP sockets that carried bulk data and moved it with
+    /// splice (zero-copy) from then on.
+    pub spliced: AtomicU64,
 }
 
 /// One accept loop per listener (one listener per enrolled network namespace).
@@ -245,7 +248,19 @@ async fn handle(
     }
     plane.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     let mut client = client;
-    let (up, down) = match relay(&mut client, stream).await {
+    let mut stream = stream;
+    // Direct and same-node upstreams are TCP sockets: bulk moves between them with splice.
+    let relayed = match Io::as_tcp(&mut *stream) {
+        Some(tcp) => relay_tcp(&mut client, tcp).await.map(|relayed| {
+            plane
+                .stats
+                .spliced
+                .fetch_add(u64::from(relayed.spliced), Ordering::Relaxed);
+            (relayed.up, relayed.down)
+        }),
+        None => relay(&mut client, stream).await,
+    };
+    let (up, down) = match relayed {
         Ok(counts) => counts,
         // A broken upstream stream reaches the application as a reset, never as a clean
         // end that would pass a truncated stream off as complete.

@@ -23,8 +23,15 @@ use crate::{
 };
 
 /// Anything a connection to an endpoint can be.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The plain TCP socket behind it, if it is one: two TCP sockets relay with splice.
+    fn as_tcp(&mut self) -> Option<&mut TcpStream>;
+}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {
+    fn as_tcp(&mut self) -> Option<&mut TcpStream> {
+        (self as &mut dyn std::any::Any).downcast_mut::<TcpStream>()
+    }
+}
 
 /// An opened stream, and for a tunnel stream the health of its session (a connection pooled
 /// on the stream stops taking requests once the session is retired).
@@ -114,5 +121,24 @@ pub async fn dial(
                 }),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+
+    /// A boxed TCP socket is found behind `dyn Io` (the relay then splices); anything else is
+    /// not.
+    #[tokio::test]
+    async fn a_boxed_tcp_socket_is_seen_as_tcp() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut boxed: Box<dyn Io> = Box::new(tcp);
+        assert!(Io::as_tcp(&mut *boxed).is_some());
+        let mut other: Box<dyn Io> = Box::new(tokio::io::duplex(16).0);
+        assert!(Io::as_tcp(&mut *other).is_none());
     }
 }

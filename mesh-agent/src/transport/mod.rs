@@ -14,6 +14,7 @@ pub mod linger;
 pub mod local;
 pub mod relay;
 pub mod sink;
+pub mod splice;
 pub mod tunnel;
 
 use std::{
@@ -24,6 +25,7 @@ use std::{
 use crate::{ebpf::SharedMaps, identity::IdentityManager, state::State};
 
 pub use relay::relay;
+pub use splice::relay_tcp;
 
 /// What every connection the data path carries needs from the running agent.
 pub struct Transport {

@@ -44,7 +44,7 @@ where
 
 /// One direction of a relay: read into the buffer, write it all out, repeat; at end of input
 /// flush and shut the writer down.
-struct Direction {
+pub(super) struct Direction {
     buf: Vec<u8>,
     /// Bytes of `buf` already written out, and bytes read into it.
     written: usize,
@@ -56,10 +56,12 @@ struct Direction {
     unflushed: bool,
     shut_down: bool,
     copied: u64,
+    /// Set when a switch to splice was tried and is not possible: stay a copy.
+    copy_only: bool,
 }
 
 impl Direction {
-    fn new() -> Direction {
+    pub(super) fn new() -> Direction {
         Direction {
             buf: Vec::new(),
             written: 0,
@@ -69,7 +71,27 @@ impl Direction {
             unflushed: false,
             shut_down: false,
             copied: 0,
+            copy_only: false,
         }
+    }
+
+    /// Bytes written out so far.
+    pub(super) fn copied(&self) -> u64 {
+        self.copied
+    }
+
+    /// The stream is bulk (the buffer has grown to its largest) and nothing is buffered: the
+    /// moment another way of moving bytes (splice) can take over without reordering any.
+    pub(super) fn is_bulk_and_empty(&self) -> bool {
+        !self.copy_only
+            && self.buf.len() == RELAY_BUFFER
+            && self.written == self.filled
+            && !self.read_done
+            && !self.shut_down
+    }
+
+    pub(super) fn keep_copying(&mut self) {
+        self.copy_only = true;
     }
 
     /// Makes the (empty) buffer ready for the next read: allocated small at the first poll, doubled after a read
@@ -83,7 +105,7 @@ impl Direction {
         self.grow = false;
     }
 
-    fn poll<R, W>(
+    pub(super) fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,

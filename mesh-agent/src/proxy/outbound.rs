@@ -233,7 +233,7 @@ async fn handle(
         peer: &source_peer,
     };
     // The kernel's SYN retries bound a direct connect, as they would without the mesh.
-    let stream = match dial(transport, &source, &upstream, None).await {
+    let mut stream = match dial(transport, &source, &upstream, None).await {
         Ok(dialed) => dialed.io,
         Err(e) => {
             return refuse(
@@ -248,7 +248,6 @@ async fn handle(
     }
     plane.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     let mut client = client;
-    let mut stream = stream;
     // Direct and same-node upstreams are TCP sockets: bulk moves between them with splice.
     let relayed = match Io::as_tcp(&mut *stream) {
         Some(tcp) => relay_tcp(&mut client, tcp).await.map(|relayed| {

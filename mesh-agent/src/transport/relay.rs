@@ -31,13 +31,25 @@ where
 {
     let mut a_to_b = Direction::new();
     let mut b_to_a = Direction::new();
-    poll_fn(|cx| {
-        let forward = a_to_b.poll(cx, Pin::new(&mut a), Pin::new(&mut b))?;
-        let backward = b_to_a.poll(cx, Pin::new(&mut b), Pin::new(&mut a))?;
-        match (forward, backward) {
-            (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
-            _ => Poll::Pending,
-        }
+    both_directions(|cx| {
+        (
+            a_to_b.poll(cx, Pin::new(&mut a), Pin::new(&mut b)),
+            b_to_a.poll(cx, Pin::new(&mut b), Pin::new(&mut a)),
+        )
+    })
+    .await
+}
+
+/// Drives the two directions of a relay until both have finished, (forward, backward) bytes;
+/// the first error of either ends it. Shared by the copy and the splice relay.
+pub(super) async fn both_directions<F>(mut poll: F) -> io::Result<(u64, u64)>
+where
+    F: FnMut(&mut Context<'_>) -> (Poll<io::Result<u64>>, Poll<io::Result<u64>>),
+{
+    poll_fn(|cx| match poll(cx) {
+        (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+        (Poll::Ready(Ok(up)), Poll::Ready(Ok(down))) => Poll::Ready(Ok((up, down))),
+        _ => Poll::Pending,
     })
     .await
 }

@@ -10,7 +10,6 @@
 //! the stream).
 
 use std::{
-    future::poll_fn,
     io,
     os::fd::{AsFd, OwnedFd},
     pin::Pin,
@@ -23,7 +22,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::relay::{Direction, RELAY_BUFFER};
+use super::relay::{Direction, RELAY_BUFFER, both_directions};
 
 /// What each pipe is asked to hold (the kernel default is 16 pages).
 const PIPE_SIZE: usize = RELAY_BUFFER;
@@ -43,15 +42,7 @@ pub struct Relayed {
 pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Relayed> {
     let mut a_to_b = TcpDirection::Copy(Direction::new());
     let mut b_to_a = TcpDirection::Copy(Direction::new());
-    let (up, down) = poll_fn(|cx| {
-        let forward = a_to_b.poll(cx, a, b)?;
-        let backward = b_to_a.poll(cx, b, a)?;
-        match (forward, backward) {
-            (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok::<_, io::Error>((up, down))),
-            _ => Poll::Pending,
-        }
-    })
-    .await?;
+    let (up, down) = both_directions(|cx| (a_to_b.poll(cx, a, b), b_to_a.poll(cx, b, a))).await?;
     Ok(Relayed {
         up,
         down,
@@ -188,6 +179,7 @@ impl Spliced {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
